@@ -1,0 +1,1 @@
+"""The decision trail: records, Merkle tree, checkpoints, store, query and verification."""

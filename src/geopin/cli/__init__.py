@@ -1,0 +1,22 @@
+"""The ``geopin`` command: a composition root that wires the core to the terminal."""
+
+from __future__ import annotations
+
+import click
+
+from geopin import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geopin")
+def main() -> None:
+    """geopin: a data-residency compliance router for model APIs."""
+
+
+def _register() -> None:
+    from geopin.cli import policy
+
+    main.add_command(policy.policy)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""Where a client is: its address, and the location that address resolves to."""

@@ -1,0 +1,1 @@
+"""The ASGI proxy path: forward, stream, fail over, refuse."""

@@ -1,0 +1,1 @@
+"""Choosing among compliant endpoints: health and selection."""
