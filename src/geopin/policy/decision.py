@@ -91,6 +91,9 @@ class Decision:
     policy_version: str
     permitted: tuple[str, ...]  # PlaceSet.codes() of the permitted set; ("*",) is anywhere
     candidates: tuple[Endpoint, ...]  # compliant endpoints serving the model, in policy order
+    # One rank per candidate: candidates of equal rank are equally preferred by the policy (same
+    # tier preference, locality and priority), so routing may order them by health and latency.
+    candidate_ranks: tuple[int, ...]
     matched: tuple[RuleMatch, ...]  # every rule that shaped the decision, in a stable order
     reason: str
     legal_basis: str | None = None
