@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from geopin.geo.location import Location
+from geopin.policy.places import PlaceSet
 
 
 class Action(StrEnum):
@@ -18,8 +19,12 @@ class DenyCode(StrEnum):
     """Why a request was refused; the proxy maps each to its HTTP status."""
 
     RULE = "rule_deny"  # a deny rule matched (451)
-    NO_PERMITTED_PLACE = "no_permitted_place"  # the matching constraints have no place in common (451)
-    NO_COMPLIANT_ENDPOINT = "no_compliant_endpoint"  # no endpoint serving the model is permitted (451)
+    NO_PERMITTED_PLACE = (
+        "no_permitted_place"  # the matching constraints have no place in common (451)
+    )
+    NO_COMPLIANT_ENDPOINT = (
+        "no_compliant_endpoint"  # no endpoint serving the model is permitted (451)
+    )
     UNKNOWN_MODEL = "unknown_model"  # no endpoint in the catalogue serves the model (404)
 
 
@@ -62,6 +67,17 @@ class Endpoint:
     weight: int = 1
     credentials: CredentialRef | None = None
     api_version: str | None = None  # Azure OpenAI's api-version query parameter
+    # Other places this endpoint may process in (a provider's data zone). The endpoint is
+    # compliant only where its country and every one of these are permitted.
+    may_process_in: tuple[str, ...] = ()
+
+    def processes_within(self, permitted: PlaceSet) -> bool:
+        if not permitted.contains(self.country, self.subdivision):
+            return False
+        for code in self.may_process_in:
+            if not permitted.contains(code[:2], code if len(code) > 2 else None):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
