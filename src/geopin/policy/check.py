@@ -50,7 +50,7 @@ def _check_jurisdictions(source: PolicySource, problems: list[Problem]) -> None:
             if not is_subdivision(code):
                 problems.append(_bad_code(located.at("subdivisions", i), code, "subdivision"))
         for i, other in enumerate(spec.include):
-            if other not in names:
+            if other not in names and other not in source.broken:
                 problems.append(
                     Problem(
                         located.at("include", i),
@@ -192,7 +192,7 @@ def _check_rules(source: PolicySource, served: set[str], problems: list[Problem]
                     )
                 )
             for i, name in enumerate(rule.tenants):
-                if name not in source.tenants:
+                if name not in source.tenants and name not in source.broken:
                     problems.append(
                         Problem(
                             located.at("tenants", i),
@@ -202,7 +202,9 @@ def _check_rules(source: PolicySource, served: set[str], problems: list[Problem]
                         )
                     )
         for i, pattern in enumerate(rule.models or ()):
-            if not any(fnmatch.fnmatchcase(m, pattern) for m in served):
+            if not any(
+                fnmatch.fnmatchcase(m, pattern) for m in served | source.broken
+            ):
                 problems.append(
                     Problem(
                         located.at("models", i),
@@ -244,7 +246,7 @@ def _check_places(
                     "'unknown' is a client location, not a place to process in",
                 )
             )
-        elif kind is NameKind.INVALID:
+        elif kind is NameKind.INVALID and name not in source.broken:
             if looks_like_code(name) or name in ("EL", "UK"):
                 problems.append(_bad_code(located.at(key, i), name, "place"))
             else:

@@ -187,7 +187,7 @@ def rank_key(endpoint: Endpoint, prefer: Tier, location: Location) -> tuple[int,
 def rank_candidates(
     candidates: list[Endpoint], prefer: Tier, location: Location
 ) -> tuple[tuple[Endpoint, ...], tuple[int, ...]]:
-    keyed = sorted(((rank_key(e, prefer, location), e.id, e) for e in candidates))
+    keyed = sorted((rank_key(e, prefer, location), e.id, e) for e in candidates)
     ranks: list[int] = []
     previous = None
     for key, _, _ in keyed:

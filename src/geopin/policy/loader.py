@@ -10,9 +10,10 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -32,6 +33,7 @@ from geopin.policy.problems import Position, Problem, Severity, did_you_mean, so
 
 PathKey = tuple[str | int, ...]
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
@@ -79,6 +81,7 @@ class PolicySource:
     rules: list[Located[RuleSpec]] = field(default_factory=list)
     tenants: dict[str, Located[TenantSpec]] = field(default_factory=dict)
     defaults: Located[DefaultsSpec] | None = None
+    broken: set[str] = field(default_factory=set)  # names of entries that failed the schema
 
     def tenant_rules(self) -> Iterator[tuple[str, Located[RuleSpec]]]:
         for name, tenant in self.tenants.items():
@@ -118,7 +121,9 @@ def read_source(path: str | Path) -> tuple[PolicySource, list[Problem]]:
         source.files.append(shown)
         parsed = _parse_file(shown, raw, problems)
         if parsed is not None:
-            _merge(source, *parsed, problems)
+            doc, positions, broken = parsed
+            source.broken |= broken
+            _merge(source, doc, positions, problems)
     source.digest = digest.hexdigest()
     return source, problems
 
@@ -138,7 +143,7 @@ def load_with_problems(path: str | Path):
     from geopin.policy.coverage import coverage_warnings
 
     source, problems = read_source(path)
-    if not any(p.severity is Severity.ERROR for p in problems):
+    if source.files:
         problems.extend(check_source(source))
     if any(p.severity is Severity.ERROR for p in problems):
         return None, sorted(problems, key=sort_key)
@@ -158,7 +163,28 @@ def _display(file: Path) -> str:
 
 def _parse_file(
     shown: str, raw: bytes, problems: list[Problem]
-) -> tuple[PolicyFile, Positions] | None:
+) -> tuple[PolicyFile, Positions, set[str]] | None:
+    parsed = parse_yaml(shown, raw, problems)
+    if parsed is None:
+        return None
+    data, positions = parsed
+    doc, broken = _validate_sections(data, positions, problems)
+    return doc, positions, broken
+
+
+def validate_as(
+    model: type[M], data: Any, positions: Positions, problems: list[Problem]
+) -> M | None:
+    """Validate parsed YAML as ``model``, adding each schema problem with its position."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_schema_problems(exc, positions, model))
+        return None
+
+
+def parse_yaml(shown: str, raw: bytes, problems: list[Problem]) -> tuple[Any, Positions] | None:
+    """Parse one YAML mapping with the position of every value; on failure add problems."""
     if len(raw) > MAX_FILE_BYTES:
         problems.append(Problem(Position(shown), "too-large", "policy file over 4 MiB"))
         return None
@@ -189,11 +215,70 @@ def _parse_file(
             Problem(positions.at(()), "invalid-value", "a policy file must be a mapping")
         )
         return None
-    try:
-        return PolicyFile.model_validate(_plain(data)), positions
-    except ValidationError as exc:
-        problems.extend(_schema_problems(exc, positions))
-        return None
+    return _plain(data), positions
+
+
+def _validate_sections(
+    data: dict, positions: Positions, problems: list[Problem]
+) -> tuple[PolicyFile, set[str]]:
+    """Validate each entry on its own, so one broken rule hides no problem elsewhere.
+
+    Entries that fail are left out, and their names are remembered (``broken``) so that
+    references to them are not reported a second time as unknown.
+    """
+    clean: dict[str, Any] = {}
+    broken: set[str] = set()
+    fields = PolicyFile.model_fields
+    for key, value in data.items():
+        info = fields.get(key)
+        if info is None:
+            problems.extend(_schema_problems(_extra_error(key), positions, PolicyFile))
+            continue
+        origin, args = get_origin(info.annotation), get_args(info.annotation)
+        item_model = args[-1] if origin in (list, dict) and args else None
+        if isinstance(item_model, type) and issubclass(item_model, BaseModel):
+            if not isinstance(value, list if origin is list else dict):
+                kind = "list" if origin is list else "mapping"
+                problems.append(
+                    Problem(positions.at((key,)), "invalid-value", f"'{key}' must be a {kind}")
+                )
+                continue
+            items = enumerate(value) if origin is list else value.items()
+            good: Any = [] if origin is list else {}
+            for name, item in items:
+                try:
+                    parsed = item_model.model_validate(item)
+                except ValidationError as exc:
+                    problems.extend(_schema_problems(exc, positions, item_model, (key, name)))
+                    broken.update(_names_in(name, item))
+                    continue
+                if origin is list:
+                    good.append(parsed)
+                else:
+                    good[name] = parsed
+            clean[key] = good
+        else:
+            try:
+                clean[key] = TypeAdapter(info.annotation).validate_python(value)
+            except ValidationError as exc:
+                problems.extend(_schema_problems(exc, positions, PolicyFile, (key,)))
+    return PolicyFile.model_validate(clean), broken
+
+
+def _names_in(name: str | int, item: Any) -> set[str]:
+    names = {name} if isinstance(name, str) else set()
+    if isinstance(item, dict):
+        if isinstance(item.get("id"), str):
+            names.add(item["id"])
+        if isinstance(item.get("models"), dict):
+            names.update(str(m) for m in item["models"])
+    return names
+
+
+def _extra_error(key: str) -> ValidationError:
+    return ValidationError.from_exception_data(
+        "PolicyFile", [{"type": "extra_forbidden", "loc": (key,), "input": None}]
+    )
 
 
 def _index(node: Any, path: PathKey, positions: Positions) -> None:
@@ -223,26 +308,51 @@ def _plain(node: Any) -> Any:
     return node
 
 
-_FIELDS_OF = {
-    "": PolicyFile,
-    "metadata": Metadata,
-    "jurisdictions.*": JurisdictionSpec,
-    "endpoints.*": EndpointSpec,
-    "models.*": ModelSpec,
-    "rules.*": RuleSpec,
-    "tenants.*": TenantSpec,
-    "tenants.*.rules.*": RuleSpec,
-    "defaults": DefaultsSpec,
-}
+def _model_at(root: type[BaseModel], loc: PathKey) -> type[BaseModel] | None:
+    """The schema model that describes the mapping at ``loc``, for "allowed keys" hints."""
+    current: Any = root
+    for part in loc:
+        current = _unwrap(current, part)
+        if current is None:
+            return None
+    current = _unwrap(current, None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _schema_problems(exc: ValidationError, positions: Positions) -> list[Problem]:
+def _unwrap(annotation: Any, part: str | int | None) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if part is None:
+            return annotation
+        for name, info in annotation.model_fields.items():
+            if part in (name, info.alias):
+                return info.annotation
+        return None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        for arg in args:
+            if arg is not type(None):
+                found = _unwrap(arg, part)
+                if found is not None:
+                    return found
+        return None
+    if origin is list and args:
+        return args[0] if part is not None else None
+    if origin is dict and len(args) == 2:
+        return args[1] if part is not None else None
+    if origin is Annotated:
+        return _unwrap(args[0], part)
+    return None
+
+
+def _schema_problems(
+    exc: ValidationError, positions: Positions, root: type[BaseModel], prefix: PathKey = ()
+) -> list[Problem]:
     problems = []
     for error in exc.errors():
-        loc = tuple(error["loc"])
+        loc = prefix + tuple(error["loc"])
         if error["type"] == "extra_forbidden":
             key = str(loc[-1])
-            model = _FIELDS_OF.get(_shape(loc[:-1]))
+            model = _model_at(root, loc[len(prefix) : -1])
             names = [f.alias or n for n, f in model.model_fields.items()] if model else []
             problems.append(
                 Problem(
@@ -269,17 +379,6 @@ def _schema_problems(exc: ValidationError, positions: Positions) -> list[Problem
             )
         )
     return problems
-
-
-def _shape(loc: PathKey) -> str:
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        parent = parts[-1] if parts else ""
-        if isinstance(part, int) or (i > 0 and parent in ("jurisdictions", "models", "tenants")):
-            parts.append("*")
-        else:
-            parts.append(str(part))
-    return ".".join(parts)
 
 
 def _where(loc: PathKey) -> str:
