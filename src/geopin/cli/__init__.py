@@ -17,6 +17,8 @@ def _register() -> None:
     from geopin.cli import policy
 
     main.add_command(policy.policy)
+    from geopin.cli.mock import mock_upstream
+    main.add_command(mock_upstream)
 
 
 _register()
