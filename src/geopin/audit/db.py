@@ -1,0 +1,120 @@
+"""Connecting to the audit database, and translating its failures into geopin's errors.
+
+SQLite (the embedded default) runs in WAL mode. ``synchronous=NORMAL`` (the default) makes a
+committed transaction survive the death of the process (it is in the WAL file, in the kernel's
+page cache), which is the durability ``AuditWriter.record()`` promises; ``FULL`` also fsyncs the
+WAL on every commit so it survives power loss, at a cost measured in ``bench/README.md``.
+PostgreSQL commits durably with its own ``synchronous_commit`` (on by default).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+
+from geopin.errors import AuditError, AuditUnavailable, ConfigError
+
+DEFAULT_URL = "sqlite:///geopin-audit.db"
+URL_ENVVAR = "GEOPIN_AUDIT_DATABASE_URL"
+
+SqliteSync = Literal["NORMAL", "FULL"]
+_BUSY_TIMEOUT_S = 30.0
+
+
+def create_audit_engine(
+    url: str = DEFAULT_URL, *, sqlite_synchronous: SqliteSync = "NORMAL"
+) -> Engine:
+    """An engine for the audit database at ``url`` (SQLite or PostgreSQL via psycopg)."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"audit database URL {url!r} is not a database URL: {exc}") from exc
+    if sqlite_synchronous not in ("NORMAL", "FULL"):
+        raise ConfigError(f"sqlite synchronous must be NORMAL or FULL, not {sqlite_synchronous!r}")
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # plain postgresql:// means psycopg 3 here
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    if backend != "sqlite":
+        raise ConfigError(f"audit database must be SQLite or PostgreSQL, not {backend!r} ({url})")
+    if parsed.database in (None, "", ":memory:"):
+        raise ConfigError("the audit database must be a SQLite file, not an in-memory database")
+    engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S})
+    _configure_sqlite(engine, sqlite_synchronous)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, synchronous: SqliteSync) -> None:
+    # pysqlite's own transaction handling cannot start BEGIN IMMEDIATE; take it over (the
+    # SQLAlchemy-documented recipe) so writers can ask for the write lock up front.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def write_connection(engine: Engine) -> sa.Connection:
+    """A connection whose transactions take the write lock at BEGIN on SQLite.
+
+    Taking it late (a read that becomes a write) can fail with "database is locked" without
+    waiting; taking it first makes concurrent writers queue on the busy timeout instead.
+    """
+    conn = engine.connect()
+    if engine.dialect.name == "sqlite":
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+    return conn
+
+
+_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn SQLAlchemy/driver failures into AuditUnavailable (cannot reach or lock the database)
+    or AuditError (anything else), naming what was being done."""
+    try:
+        yield
+    except AuditError:
+        raise
+    except sa.exc.DBAPIError as exc:
+        cls = (
+            AuditUnavailable
+            if isinstance(exc, _UNAVAILABLE) or exc.connection_invalidated
+            else AuditError
+        )
+        raise cls(f"{what}: {_describe(exc)}") from exc
+    except (sa.exc.SQLAlchemyError, sqlite3.Error, psycopg.Error) as exc:
+        raise AuditError(f"{what}: {_describe(exc)}") from exc
+    except OSError as exc:
+        raise AuditUnavailable(f"{what}: {exc}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url

@@ -1,0 +1,230 @@
+"""Building audit records: flat, versioned, payload-free dicts, hashed as canonical JSON.
+
+A record never holds a prompt, a completion, a credential or a full client address: the
+address is kept as its /24 (IPv4) or /48 (IPv6) prefix and an HMAC-SHA256 of the full address
+under a key from configuration, so one client's requests can be linked without naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import time as _time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from geopin.audit.canonical import canonical_json
+from geopin.errors import AuditError, ConfigError
+from geopin.geo.location import Location
+from geopin.policy.decision import Decision, Endpoint
+
+RECORD_VERSION = 1
+KINDS = ("decision", "outcome", "prune")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def new_record_id() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 12 bits of sub-millisecond time
+    and 62 random bits, so ids sort by creation time and never collide across hosts."""
+    ns = _time.time_ns()
+    ms, sub_ns = divmod(ns, 1_000_000)
+    sub = sub_ns * 4096 // 1_000_000  # the fraction of the millisecond, in 1/4096ths
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | sub << 64 | 0b10 << 62 | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds: fixed width, so the text sorts as the time does."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"audit times must be timezone-aware, got naive {moment!r}")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+
+
+def client_fields(client: IPAddress | None, key: bytes | None) -> dict[str, str | None]:
+    if client is None:
+        return {"client_prefix": None, "client_hmac": None}
+    if not key:
+        raise ConfigError("recording a client address needs an audit client-address HMAC key")
+    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+        client = client.ipv4_mapped
+    bits = 24 if client.version == 4 else 48
+    prefix = ipaddress.ip_network(f"{client}/{bits}", strict=False)
+    digest = hmac.new(key, client.packed, hashlib.sha256).hexdigest()
+    return {"client_prefix": str(prefix), "client_hmac": digest}
+
+
+def decision_record(
+    decision: Decision,
+    *,
+    location: Location,
+    client: IPAddress | None,
+    client_key: bytes | None,
+    model: str,
+    decision_id: str,
+    time: datetime,
+    endpoint: Endpoint | None = None,
+    tenant: str | None = None,
+    data_class: str | None = None,
+    trace_id: str | None = None,
+    record_id: str | None = None,
+) -> dict[str, Any]:
+    """The record of one routing decision, committed before the request is forwarded.
+
+    ``endpoint`` is the endpoint chosen to serve (None when denied); ``data_class`` is the class
+    the client asked for, the decision's own ``data_class`` is the one it was decided for.
+    """
+    return {
+        "v": RECORD_VERSION,
+        "kind": "decision",
+        "id": record_id or new_record_id(),
+        "decision_id": decision_id,
+        "time": format_time(time),
+        "trace_id": trace_id,
+        "tenant": tenant,
+        "model": model,
+        "data_class_requested": data_class,
+        "data_class": decision.data_class,
+        **client_fields(client, client_key),
+        "country": location.country,
+        "subdivision": location.subdivision,
+        "location_source": str(location.source),
+        "location_database": location.database,
+        "action": str(decision.action),
+        "policy_version": decision.policy_version,
+        "permitted": list(decision.permitted),
+        "rules": [
+            {"id": m.rule_id, "effect": m.effect, "places": list(m.places)}
+            for m in decision.matched
+        ],
+        "reason": decision.reason,
+        "legal_basis": decision.legal_basis,
+        "deny_code": str(decision.deny_code) if decision.deny_code else None,
+        "deny_rule": decision.deny_rule,
+        "candidates": [c.id for c in decision.candidates],
+        "endpoint": endpoint.id if endpoint else None,
+        "processing_country": endpoint.country if endpoint else None,
+        "processing_subdivision": endpoint.subdivision if endpoint else None,
+    }
+
+
+def outcome_record(
+    *,
+    decision_id: str,
+    time: datetime,
+    endpoint: Endpoint | None,
+    attempts: Sequence[str],
+    status: int | None,
+    latency_us: int,
+    model: str,
+    tenant: str | None = None,
+    location: Location | None = None,
+    policy_version: str | None = None,
+    bytes_in: int | None = None,
+    bytes_out: int | None = None,
+    usage: Mapping[str, int] | None = None,
+    error: str | None = None,
+    trace_id: str | None = None,
+    record_id: str | None = None,
+) -> dict[str, Any]:
+    """What happened to a routed request: the endpoint that actually served it (after any
+    failover), the endpoints tried in order, status, latency and the token usage reported."""
+    return {
+        "v": RECORD_VERSION,
+        "kind": "outcome",
+        "id": record_id or new_record_id(),
+        "decision_id": decision_id,
+        "time": format_time(time),
+        "trace_id": trace_id,
+        "tenant": tenant,
+        "model": model,
+        "country": location.country if location else None,
+        "subdivision": location.subdivision if location else None,
+        "policy_version": policy_version,
+        "action": "route",
+        "endpoint": endpoint.id if endpoint else None,
+        "processing_country": endpoint.country if endpoint else None,
+        "processing_subdivision": endpoint.subdivision if endpoint else None,
+        "attempts": list(attempts),
+        "status": status,
+        "latency_us": int(latency_us),
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "usage": dict(sorted(usage.items())) if usage else None,
+        "error": error,
+    }
+
+
+def prune_record(
+    *, before: str, seq_end: int, pruned: int, time: datetime, record_id: str | None = None
+) -> dict[str, Any]:
+    """A retention prune: bodies of records before ``before`` with seq < ``seq_end`` removed."""
+    return {
+        "v": RECORD_VERSION,
+        "kind": "prune",
+        "id": record_id or new_record_id(),
+        "time": format_time(time),
+        "before": before,
+        "seq_end": seq_end,
+        "pruned": pruned,
+    }
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    """Check a record's shape and return its canonical JSON, the bytes that are hashed."""
+    if not isinstance(record, Mapping):
+        raise AuditError(f"an audit record must be a dict, not {type(record).__name__}")
+    if record.get("v") != RECORD_VERSION:
+        raise AuditError(f"audit record has version {record.get('v')!r}, expected 1")
+    if record.get("kind") not in KINDS:
+        raise AuditError(f"audit record kind {record.get('kind')!r} is not one of {KINDS}")
+    if not isinstance(record.get("id"), str) or not record["id"]:
+        raise AuditError("audit record has no string id")
+    if not isinstance(record.get("time"), str) or not _TIME.match(record["time"]):
+        raise AuditError(f"audit record time {record.get('time')!r} is not RFC 3339 UTC with µs")
+    for key in FLAT_KEYS:
+        if not isinstance(record.get(key), str | None):
+            raise AuditError(f"audit record field {key!r} must be a string or null")
+    try:
+        return canonical_json(dict(record))
+    except TypeError as exc:
+        raise AuditError(f"audit record {record.get('id')}: {exc}") from exc
+
+
+# Record keys copied to indexed columns (``time`` goes to the ``ts`` column).
+FLAT_KEYS = (
+    "tenant",
+    "country",
+    "subdivision",
+    "model",
+    "endpoint",
+    "processing_country",
+    "action",
+    "policy_version",
+    "decision_id",
+)
+
+
+def flat_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The indexed columns for a record, as the sequencer stores them and verify expects them."""
+    columns: dict[str, Any] = {"kind": record["kind"], "ts": record["time"]}
+    for key in FLAT_KEYS:
+        columns[key] = record.get(key)
+    return columns
+
+
+def rule_ids(record: Mapping[str, Any]) -> list[str]:
+    """The distinct rule ids of a record, sorted, as the rule join table holds them."""
+    rules = record.get("rules") or []
+    return sorted(
+        {r["id"] for r in rules if isinstance(r, Mapping) and isinstance(r.get("id"), str)}
+    )

@@ -1,0 +1,240 @@
+"""The sequencer: moves pending records into the Merkle log and signs checkpoints.
+
+Any number of writers (processes, hosts) insert into ``audit_pending``. One sequencer at a time
+(a PostgreSQL transaction-scoped advisory lock, SQLite's ``BEGIN IMMEDIATE`` write lock) takes
+pending rows in pending order and, in one transaction, gives them contiguous sequence numbers,
+stores their flat columns, rules and every newly completed Merkle node, and deletes them from
+pending. Every router process runs one in the background (whoever gets the lock does the work);
+``geopin audit sequence`` runs one on demand.
+
+Every ``checkpoint_every`` records or ``checkpoint_interval_s`` seconds the tree head is signed,
+after checking it is consistent with the previous signed checkpoint: a sequencer refuses, loudly,
+to sign a tree that does not extend what it signed before. The note is stored in the database and
+then appended to the external checkpoint file, outside the database's reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from geopin.audit import merkle
+from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey
+from geopin.audit.db import translate_errors, write_connection
+from geopin.audit.records import flat_columns, format_time, rule_ids
+from geopin.audit.schema import checkpoints, nodes, pending, record_rules, records
+from geopin.audit.store import (
+    chunks,
+    fetch_nodes,
+    latest_checkpoint,
+    load_frontier,
+    node_reader,
+    tree_size,
+)
+from geopin.errors import AuditError, VerificationError
+
+log = logging.getLogger(__name__)
+
+# Per schema, so two audit logs in one PostgreSQL database never wait on each other.
+_PG_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.geopin-seq'))")
+_PG_LOCK_WAIT = sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.geopin-seq'))")
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    sequenced: int  # records given a sequence number
+    duplicates: int  # pending records already sequenced (a replayed spool), dropped
+    tree_size: int
+    checkpoint: Checkpoint | None  # the checkpoint signed in this run, if any
+    locked_out: bool = False  # another sequencer held the lock
+
+
+class Sequencer:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        signing_key: SigningKey | None = None,
+        checkpoint_file: CheckpointFile | str | Path | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 10.0,
+        batch_size: int = 5000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.signing_key = signing_key
+        self.checkpoint_file = (
+            CheckpointFile(checkpoint_file)
+            if isinstance(checkpoint_file, str | Path)
+            else checkpoint_file
+        )
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.batch_size = batch_size
+        self.clock = clock
+
+    def run_once(self, *, force_checkpoint: bool = False, wait: bool = False) -> SequenceResult:
+        """Sequence everything pending now, batch by batch; sign a checkpoint when one is due
+        (or whenever the tree grew, with ``force_checkpoint``). ``wait`` blocks on another
+        sequencer's lock instead of leaving the work to it."""
+        sequenced = duplicates = 0
+        signed: Checkpoint | None = None
+        while True:
+            with translate_errors("sequencing audit records"):
+                with write_connection(self.engine) as conn:
+                    with conn.begin():
+                        if not self._lock(conn, wait):
+                            return SequenceResult(sequenced, duplicates, -1, signed, True)
+                        done, dropped, size = self._sequence_batch(conn)
+                        final = done + dropped < self.batch_size
+                        note = self._maybe_checkpoint(conn, size, force_checkpoint and final)
+            sequenced += done
+            duplicates += dropped
+            if note is not None:
+                signed = note[0]
+                self._publish(note[1])
+            if final:
+                return SequenceResult(sequenced, duplicates, size, signed)
+
+    async def run(self, stop: asyncio.Event, *, poll_interval_s: float = 0.25) -> None:
+        """Sequence in the background until ``stop`` is set; failures are logged, not raised,
+        except a refused checkpoint (a tree that does not extend the signed one)."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.run_once)
+            except VerificationError:
+                log.critical("audit sequencer stopped: refusing to sign", exc_info=True)
+                raise
+            except AuditError as exc:
+                log.error("audit sequencing failed, will retry: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), poll_interval_s)
+            except TimeoutError:
+                pass
+
+    def _publish(self, note: str) -> None:
+        if self.checkpoint_file is None:
+            return
+        try:
+            self.checkpoint_file.append(note)
+        except OSError as exc:
+            # Stored and signed in the database already; the next checkpoint is appended again.
+            raise AuditError(
+                f"checkpoint signed but not appended to {self.checkpoint_file}: {exc}"
+            ) from exc
+
+    # ---- one transaction ----------------------------------------------------------------
+
+    @staticmethod
+    def _lock(conn: Connection, wait: bool) -> bool:
+        if conn.dialect.name != "postgresql":
+            return True  # BEGIN IMMEDIATE already holds SQLite's single write lock
+        if wait:
+            conn.execute(_PG_LOCK_WAIT)
+            return True
+        return bool(conn.scalar(_PG_LOCK))
+
+    def _sequence_batch(self, conn: Connection) -> tuple[int, int, int]:
+        rows = conn.execute(
+            sa.select(pending.c.id, pending.c.record_id, pending.c.body)
+            .order_by(pending.c.id)
+            .limit(self.batch_size)
+        ).all()
+        size = tree_size(conn)
+        if not rows:
+            return 0, 0, size
+        ids = [row.record_id for row in rows]
+        seen: set[str] = set()
+        for part in chunks(ids):
+            seen.update(
+                conn.scalars(sa.select(records.c.record_id).where(records.c.record_id.in_(part)))
+            )
+        fresh = [row for row in rows if row.record_id not in seen]
+        if seen:
+            log.info("audit sequencer: %d pending records were already sequenced", len(seen))
+        frontier = load_frontier(conn, size)
+        bodies = [bytes(row.body) for row in fresh]
+        _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
+        record_rows, rule_rows = [], []
+        for offset, body in enumerate(bodies):
+            seq = size + offset
+            try:
+                record = json.loads(body)
+            except ValueError as exc:  # the writer only enqueues canonical JSON
+                raise AuditError(f"pending audit record is not JSON: {body[:80]!r}") from exc
+            record_rows.append(
+                {"seq": seq, "record_id": record["id"], "body": body, **flat_columns(record)}
+            )
+            rule_rows.extend({"seq": seq, "rule_id": rule} for rule in rule_ids(record))
+        if record_rows:
+            conn.execute(records.insert(), record_rows)
+        if rule_rows:
+            conn.execute(record_rules.insert(), rule_rows)
+        if completed:
+            conn.execute(
+                nodes.insert(), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed]
+            )
+        pending_ids = [row.id for row in rows]
+        for part in chunks(pending_ids):
+            conn.execute(pending.delete().where(pending.c.id.in_(part)))
+        return len(fresh), len(seen), size + len(fresh)
+
+    def _maybe_checkpoint(
+        self, conn: Connection, size: int, force: bool
+    ) -> tuple[Checkpoint, str] | None:
+        if self.signing_key is None or size == 0:
+            return None
+        previous = latest_checkpoint(conn)
+        if previous is not None:
+            if size <= previous.size:
+                if size < previous.size:
+                    raise VerificationError(
+                        f"refusing to sign: the log has {size} records but checkpoint "
+                        f"{previous.size} was already signed (the log was truncated)"
+                    )
+                return None
+            grown = size - previous.size
+            age = (self.clock() - _parse_time(previous.created_at)).total_seconds()
+            if not force and grown < self.checkpoint_every and age < self.checkpoint_interval_s:
+                return None
+        new_root = load_frontier(conn, size).root()
+        if previous is not None:
+            self._check_extends(conn, previous.note, size, new_root)
+        checkpoint = Checkpoint(origin=self.signing_key.name, size=size, root=new_root)
+        note = self.signing_key.sign(checkpoint)
+        conn.execute(
+            checkpoints.insert().values(
+                size=size, root=new_root, note=note, created_at=format_time(self.clock())
+            )
+        )
+        return checkpoint, note
+
+    def _check_extends(
+        self, conn: Connection, previous_note: str, size: int, new_root: bytes
+    ) -> None:
+        assert self.signing_key is not None
+        try:
+            old = self.signing_key.verifier().open(previous_note)
+        except VerificationError as exc:
+            raise VerificationError(
+                f"refusing to sign: the last stored checkpoint does not verify: {exc}"
+            ) from exc
+        keys = merkle.nodes_needed_for_consistency(old.size, size)
+        proof = merkle.consistency_proof(old.size, size, node_reader(fetch_nodes(conn, keys)))
+        if not merkle.verify_consistency(old.size, size, old.root, new_root, proof):
+            raise VerificationError(
+                f"refusing to sign: the tree of size {size} is not consistent with the signed "
+                f"checkpoint of size {old.size} (the log was rewritten); run `geopin audit verify`"
+            )
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
