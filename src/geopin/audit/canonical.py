@@ -1,0 +1,116 @@
+"""Canonical JSON for audit records, in the manner of RFC 8785 (JCS).
+
+A record's leaf hash is computed over these bytes, so two writers (or a verifier years later)
+must produce the same bytes for the same value. The output is RFC 8785 for the subset of JSON
+that audit records use:
+
+- object keys sorted by their UTF-16 code units (RFC 8785 section 3.2.3), so a key with a
+  character outside the Basic Multilingual Plane sorts by its surrogates, as JavaScript does;
+- no insignificant whitespace, UTF-8 output;
+- strings escaped as RFC 8785 section 3.2.2.2 says: ``\\"``, ``\\\\``, the short forms
+  ``\\b \\t \\n \\f \\r``, any other control character as ``\\u00xx`` (lowercase hex), everything
+  else (DEL, U+2028, non-ASCII) written as itself;
+- integers only. Floats are refused (``TypeError``) because their shortest round-trip form is
+  exactly where implementations disagree; records store durations as integer microseconds.
+
+Accepted types are ``dict`` (``str`` keys), ``list``, ``str``, ``int``, ``bool`` and ``None``;
+subclasses of ``str`` and ``int`` (such as ``StrEnum`` members) are written as their plain value.
+Anything else (float, bytes, set, tuple, ...) raises ``TypeError``. Two value errors are
+``ValueError``: an integer outside the I-JSON safe range ``±(2**53 - 1)`` (RFC 7493 section 2.2,
+which RFC 8785 requires; a JavaScript verifier would silently round it) and a string holding a
+lone surrogate (it has no UTF-8 encoding).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["MAX_SAFE_INTEGER", "canonical_json"]
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+_SHORT_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+
+def _string(value: str) -> str:
+    if type(value) is not str:
+        # A subclass (StrEnum) may override __format__ or __str__; write the plain value.
+        value = str.__str__(value)
+    # The common case (identifiers, country codes, times) has nothing to escape.
+    if _NEEDS_ESCAPE.search(value) is None:
+        return f'"{value}"'
+    return '"' + _NEEDS_ESCAPE.sub(_escape_char, value) + '"'
+
+
+def _utf16_units(key: str) -> bytes:
+    # Big-endian UTF-16 bytes compare exactly like the sequence of code units.
+    return key.encode("utf-16-be", "surrogatepass")
+
+
+def _write(value: object, out: list[str], path: str) -> None:
+    # bool before int: True is an int in Python but a literal in JSON.
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise ValueError(f"{path}: integer {value} is outside the I-JSON range ±(2**53-1)")
+        out.append(int.__repr__(value))
+    elif isinstance(value, dict):
+        _write_object(value, out, path)
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out, f"{path}[{i}]")
+        out.append("]")
+    elif isinstance(value, float):
+        raise TypeError(f"{path}: float {value!r} is not allowed; use an integer unit")
+    else:
+        raise TypeError(f"{path}: {type(value).__name__} is not a canonical JSON type")
+
+
+def _write_object(value: dict, out: list[str], path: str) -> None:
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"{path}: object key {key!r} is {type(key).__name__}, not str")
+    out.append("{")
+    for i, key in enumerate(sorted(value, key=_utf16_units)):
+        if i:
+            out.append(",")
+        out.append(_string(key))
+        out.append(":")
+        _write(value[key], out, f"{path}.{key}")
+    out.append("}")
+
+
+def canonical_json(obj: object) -> bytes:
+    """The canonical UTF-8 JSON encoding of ``obj`` (see the module docstring for the rules)."""
+    out: list[str] = []
+    _write(obj, out, "$")
+    text = "".join(out)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise ValueError(f"string holds a lone surrogate {bad!r}; it has no UTF-8 form") from exc
