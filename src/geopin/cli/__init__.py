@@ -18,6 +18,7 @@ def _register() -> None:
 
     main.add_command(policy.policy)
     from geopin.cli.mock import mock_upstream
+
     main.add_command(mock_upstream)
 
 
