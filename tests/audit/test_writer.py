@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import sqlalchemy as sa
+from audit_factories import make_record
+
+from geopin.audit.db import create_audit_engine
+from geopin.audit.migrate import upgrade
+from geopin.audit.schema import pending
+from geopin.audit.spool import Spool
+from geopin.audit.writer import AuditWriter
+from geopin.errors import AuditError, AuditUnavailable, SchemaOutOfDate
+
+
+def _pending_ids(engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.scalars(sa.select(pending.c.record_id).order_by(pending.c.id)))
+
+
+def test_concurrent_records_are_group_committed(engine):
+    records = [make_record(n) for n in range(500)]
+
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+        await asyncio.gather(*(writer.record(r) for r in records))
+        stats = writer.stats()
+        await writer.close()
+        return stats
+
+    stats = asyncio.run(main())
+    assert sorted(_pending_ids(engine)) == sorted(r["id"] for r in records)
+    assert stats.records == 500
+    assert 1 <= stats.transactions < 500  # grouped: far fewer commits than records
+    assert stats.queue_depth == 0 and stats.commit_p50_s is not None
+
+
+def test_record_returns_only_after_commit(engine):
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+        record = make_record(1)
+        await writer.record(record)
+        # A separate connection sees it the moment record() returns.
+        seen = _pending_ids(engine)
+        await writer.close()
+        return record["id"], seen
+
+    rid, seen = asyncio.run(main())
+    assert seen == [rid]
+
+
+def test_close_flushes_everything_queued(engine):
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+        tasks = [asyncio.create_task(writer.record(make_record(n))) for n in range(50)]
+        await asyncio.sleep(0)
+        await writer.close()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert len(_pending_ids(engine)) == 50
+
+
+def test_malformed_record_fails_its_caller_only(engine):
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+        with pytest.raises(AuditError, match="float"):
+            await writer.record({**make_record(1), "latency": 0.5})
+        await writer.record(make_record(2))
+        await writer.close()
+
+    asyncio.run(main())
+    assert len(_pending_ids(engine)) == 1
+
+
+def test_record_before_start_is_an_error(engine):
+    async def main():
+        with pytest.raises(AuditError, match="not running"):
+            await AuditWriter(engine).record(make_record())
+
+    asyncio.run(main())
+
+
+def test_start_refuses_an_unmigrated_database(tmp_path):
+    engine = create_audit_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+
+    async def main():
+        with pytest.raises(SchemaOutOfDate, match="geopin db upgrade"):
+            await AuditWriter(engine).start()
+
+    asyncio.run(main())
+
+
+def _unreachable_pg():
+    # A closed port: connection refused, the "database is down" case.
+    return create_audit_engine("postgresql+psycopg://postgres@127.0.0.1:9/nowhere")
+
+
+def test_database_down_without_spool_fails_closed():
+    async def main():
+        writer = AuditWriter(_unreachable_pg(), check=False)
+        await writer.start()
+        with pytest.raises(AuditUnavailable):
+            await writer.record(make_record())
+        await writer.close()
+
+    asyncio.run(main())
+
+
+def test_spool_keeps_records_while_down_and_replays_exactly_once(engine, tmp_path):
+    """Database down -> records spooled -> database back -> replayed once, nothing lost."""
+    spool_path = tmp_path / "audit.spool"
+    down_records = [make_record(n) for n in range(20)]
+
+    async def while_down():
+        writer = AuditWriter(_unreachable_pg(), spool=spool_path, check=False)
+        await writer.start()
+        await asyncio.gather(*(writer.record(r) for r in down_records))
+        stats = writer.stats()
+        await writer.close()
+        return stats
+
+    stats = asyncio.run(while_down())
+    assert stats.spooled == 20 and stats.records == 0
+    assert Spool(spool_path).count() == 20
+
+    later = make_record(99)
+
+    async def when_back():
+        writer = AuditWriter(engine, spool=spool_path, retry_interval_s=0.05)
+        await writer.start()  # replays the spool first
+        await writer.record(later)
+        await writer.close()
+
+    asyncio.run(when_back())
+    ids = _pending_ids(engine)
+    assert ids == [r["id"] for r in down_records] + [later["id"]]  # spool order kept
+    assert not Spool(spool_path).has_records()
+
+
+def test_replaying_a_spool_twice_does_not_duplicate(engine, tmp_path):
+    spool = Spool(tmp_path / "s")
+    records = [make_record(n) for n in range(5)]
+    from geopin.audit.records import encode
+
+    bodies = [encode(r) for r in records]
+    spool.append(bodies)
+    copy = (tmp_path / "s").read_bytes()
+
+    async def replay():
+        writer = AuditWriter(engine, spool=spool)
+        await writer.start()
+        await writer.close()
+
+    asyncio.run(replay())
+    (tmp_path / "s").write_bytes(copy)  # as if the process died before emptying the spool
+    asyncio.run(replay())
+    assert sorted(_pending_ids(engine)) == sorted(r["id"] for r in records)
+
+
+def test_spool_reports_torn_and_unreadable_lines(tmp_path, caplog):
+    from geopin.audit.records import encode
+
+    spool = Spool(tmp_path / "s")
+    good = encode(make_record(1))
+    (tmp_path / "s").write_bytes(good + b"\nnot json\n" + good[:20])
+    got: list = []
+    assert spool.replay(got.extend) == 1
+    assert [body for _, body in got] == [good]
+    assert (tmp_path / "s.rejected").read_bytes() == b"not json\n" + good[:20] + b"\n"
+    assert "unterminated" in caplog.text and "unreadable" in caplog.text
+    assert not spool.has_records()
+
+
+_KILL_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, sys.argv[2])
+    from audit_factories import make_record
+    from geopin.audit.db import create_audit_engine
+    from geopin.audit.writer import AuditWriter
+
+    async def main():
+        writer = AuditWriter(create_audit_engine(sys.argv[1]))
+        await writer.start()
+        n = 0
+        while True:
+            record = make_record(n)
+            await writer.record(record)
+            print(record["id"], flush=True)  # acknowledged
+            n += 1
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_acknowledged_records_survive_sigkill(tmp_path):
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    engine = create_audit_engine(url)
+    upgrade(engine)
+    here = os.path.dirname(__file__)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILL_CHILD, url, here], stdout=subprocess.PIPE, text=True
+    )
+    acknowledged = []
+    assert child.stdout is not None
+    for line in child.stdout:
+        acknowledged.append(line.strip())
+        if len(acknowledged) == 300:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    acknowledged.extend(line.strip() for line in child.stdout)  # printed before the kill
+    child.stdout.close()
+    stored = set(_pending_ids(engine))
+    assert set(acknowledged) <= stored
+    engine.dispose()
+
+
+def test_stats_snapshot_is_json_friendly(engine):
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+        await writer.record(make_record())
+        await writer.close()
+        return writer.stats()
+
+    stats = asyncio.run(main())
+    json.dumps(stats.__dict__)
+    assert stats.transactions == 1 and stats.records == 1
