@@ -20,6 +20,9 @@ def _register() -> None:
     from geopin.cli.mock import mock_upstream
 
     main.add_command(mock_upstream)
+    from geopin.cli import geo as geo_cli
+
+    main.add_command(geo_cli.geo)
 
 
 _register()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from ipaddress import IPv4Address
 from typing import Protocol
 
 from geopin.geo.client import IPAddress
@@ -47,8 +48,17 @@ class CachingResolver:
 
     def lookup(self, ip: IPAddress) -> Location:
         n = int(ip)
+        if ip.version == 4:
+            probes = self._probes_v4
+        elif n >> 32 == 0xFFFF:
+            # IPv4-mapped: the inner resolver answers for the IPv4 address and its network.
+            n &= 0xFFFFFFFF
+            ip = IPv4Address(n)
+            probes = self._probes_v4
+        else:
+            probes = self._probes_v6
         entries = self._entries
-        for shift, tag in self._probes_v4 if ip.version == 4 else self._probes_v6:
+        for shift, tag in probes:
             location = entries.get((n >> shift) << 9 | tag)
             if location is not None:
                 return location

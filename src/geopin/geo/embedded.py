@@ -6,6 +6,7 @@ Country only, and only as precise as the registries' records of who holds a bloc
 from __future__ import annotations
 
 from importlib.metadata import version
+from ipaddress import IPv6Address
 
 import iptocc
 
@@ -33,6 +34,8 @@ class EmbeddedResolver:
         (193.201.148.0/24 holds CY, DE, SE and NL quarters), so no wider prefix is safe.
         """
         exact = ip.max_prefixlen
+        if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket's IPv4 client
         if not ip.is_global or ip.is_multicast:
             # Private, loopback, link-local, reserved, shared, documentation, multicast.
             return self._unknown, exact

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from ipaddress import IPv6Address
 from typing import Any
 
 import maxminddb
@@ -52,6 +53,7 @@ class MmdbResolver:
 
     def lookup_network(self, ip: IPAddress) -> tuple[Location, int]:
         """The location and the prefix length of the database network holding ``ip``."""
+        ip = _unmapped(ip)
         if ip.version == 6 and self._ipv4_only:
             return self._unknown, 0
         try:
@@ -133,6 +135,13 @@ def _open(path: str) -> Any:
         raise GeoIPError(f"{path}: cannot read GeoIP database: {exc.strerror or exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:  # metadata present but malformed
         raise GeoIPError(f"{path}: malformed MaxMind DB metadata: {exc}") from exc
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    # ::ffff:a.b.c.d is an IPv4 client on a dual-stack socket: look up the IPv4 address.
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _reason(exc: Exception) -> str:
