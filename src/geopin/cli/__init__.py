@@ -23,6 +23,9 @@ def _register() -> None:
     from geopin.cli import geo as geo_cli
 
     main.add_command(geo_cli.geo)
+    from geopin.cli.keys import keys
+
+    main.add_command(keys)
 
 
 _register()
