@@ -52,7 +52,11 @@ def order(
     *,
     band: LatencyBand = DEFAULT_BAND,
 ) -> tuple[Endpoint, ...]:
-    """The candidates to try, in order; open breakers left out. Pure and deterministic."""
+    """The candidates to try, in order; open breakers left out. Pure and deterministic.
+
+    A half-open endpoint stays in the order; the proxy asks ``HealthBoard.acquire`` before each
+    attempt and skips the endpoints it refuses (their trial slots are taken).
+    """
     candidates = decision.candidates
     ranks = decision.candidate_ranks
     if len(ranks) != len(candidates):
