@@ -121,9 +121,9 @@ def read_source(path: str | Path) -> tuple[PolicySource, list[Problem]]:
         source.files.append(shown)
         parsed = _parse_file(shown, raw, problems)
         if parsed is not None:
-            doc, positions, broken = parsed
+            doc, positions, broken, kept = parsed
             source.broken |= broken
-            _merge(source, doc, positions, problems)
+            _merge(source, doc, positions, kept, problems)
     source.digest = digest.hexdigest()
     return source, problems
 
@@ -163,13 +163,13 @@ def _display(file: Path) -> str:
 
 def _parse_file(
     shown: str, raw: bytes, problems: list[Problem]
-) -> tuple[PolicyFile, Positions, set[str]] | None:
+) -> tuple[PolicyFile, Positions, set[str], dict[str, list[int]]] | None:
     parsed = parse_yaml(shown, raw, problems)
     if parsed is None:
         return None
     data, positions = parsed
-    doc, broken = _validate_sections(data, positions, problems)
-    return doc, positions, broken
+    doc, broken, kept = _validate_sections(data, positions, problems)
+    return doc, positions, broken, kept
 
 
 def validate_as(
@@ -220,14 +220,16 @@ def parse_yaml(shown: str, raw: bytes, problems: list[Problem]) -> tuple[Any, Po
 
 def _validate_sections(
     data: dict, positions: Positions, problems: list[Problem]
-) -> tuple[PolicyFile, set[str]]:
+) -> tuple[PolicyFile, set[str], dict[str, list[int]]]:
     """Validate each entry on its own, so one broken rule hides no problem elsewhere.
 
     Entries that fail are left out, and their names are remembered (``broken``) so that
-    references to them are not reported a second time as unknown.
+    references to them are not reported a second time as unknown. ``kept`` gives, per list
+    section, the index in the file of each entry kept, so positions still point at it.
     """
     clean: dict[str, Any] = {}
     broken: set[str] = set()
+    kept: dict[str, list[int]] = {}
     fields = PolicyFile.model_fields
     for key, value in data.items():
         info = fields.get(key)
@@ -254,6 +256,7 @@ def _validate_sections(
                     continue
                 if origin is list:
                     good.append(parsed)
+                    kept.setdefault(key, []).append(name)
                 else:
                     good[name] = parsed
             clean[key] = good
@@ -262,7 +265,7 @@ def _validate_sections(
                 clean[key] = TypeAdapter(info.annotation).validate_python(value)
             except ValidationError as exc:
                 problems.extend(_schema_problems(exc, positions, PolicyFile, (key,)))
-    return PolicyFile.model_validate(clean), broken
+    return PolicyFile.model_validate(clean), broken, kept
 
 
 def _names_in(name: str | int, item: Any) -> set[str]:
@@ -389,7 +392,11 @@ def _where(loc: PathKey) -> str:
 
 
 def _merge(
-    source: PolicySource, doc: PolicyFile, positions: Positions, problems: list[Problem]
+    source: PolicySource,
+    doc: PolicyFile,
+    positions: Positions,
+    kept: dict[str, list[int]],
+    problems: list[Problem],
 ) -> None:
     def duplicate(path: PathKey, what: str, name: str, first: Position) -> None:
         problems.append(
@@ -408,7 +415,7 @@ def _merge(
             duplicate(path, "jurisdiction", name, source.jurisdictions[name].at(key=True))
             continue
         source.jurisdictions[name] = Located(spec, positions, path)
-    for i, endpoint in enumerate(doc.endpoints):
+    for i, endpoint in zip(kept.get("endpoints", []), doc.endpoints, strict=True):
         source.endpoints.append(Located(endpoint, positions, ("endpoints", i)))
     for name, model in doc.models.items():
         path = ("models", name)
@@ -421,7 +428,7 @@ def _merge(
             duplicate(("data_classes", i), "data class", name, source.data_classes[name])
             continue
         source.data_classes[name] = positions.at(("data_classes", i))
-    for i, rule in enumerate(doc.rules):
+    for i, rule in zip(kept.get("rules", []), doc.rules, strict=True):
         source.rules.append(Located(rule, positions, ("rules", i)))
     for name, tenant in doc.tenants.items():
         path = ("tenants", name)
