@@ -264,7 +264,7 @@ def _validate_sections(
             try:
                 clean[key] = TypeAdapter(info.annotation).validate_python(value)
             except ValidationError as exc:
-                problems.extend(_schema_problems(exc, positions, PolicyFile, (key,)))
+                problems.extend(_schema_problems(exc, positions, info.annotation, (key,)))
     return PolicyFile.model_validate(clean), broken, kept
 
 
@@ -311,7 +311,7 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _model_at(root: type[BaseModel], loc: PathKey) -> type[BaseModel] | None:
+def _model_at(root: Any, loc: PathKey) -> type[BaseModel] | None:
     """The schema model that describes the mapping at ``loc``, for "allowed keys" hints."""
     current: Any = root
     for part in loc:
@@ -348,8 +348,9 @@ def _unwrap(annotation: Any, part: str | int | None) -> Any:
 
 
 def _schema_problems(
-    exc: ValidationError, positions: Positions, root: type[BaseModel], prefix: PathKey = ()
+    exc: ValidationError, positions: Positions, root: Any, prefix: PathKey = ()
 ) -> list[Problem]:
+    """``root`` is the schema (a model or an annotation) of what is at ``prefix``."""
     problems = []
     for error in exc.errors():
         loc = prefix + tuple(error["loc"])
