@@ -281,7 +281,7 @@ def _node(text: str, *, bracketed_ipv6_only: bool) -> IPAddress | None:
 def _valid_port(port: str, *, obfuscated: bool = False) -> bool:
     if obfuscated and len(port) > 1 and port[0] == "_":
         return all(char in _OBFUSCATED_PORT_CHARS for char in port)
-    return 0 < len(port) <= 5 and port.isascii() and port.isdigit() and int(port) <= 65535
+    return 0 < len(port) <= 5 and port.isascii() and port.isdigit() and 0 < int(port) <= 65535
 
 
 _TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -112,6 +112,8 @@ class MmdbResolver:
             )
 
     def _walk(self, limit: int | None) -> None:
+        if limit == 0:
+            return
         walked = 0
         try:
             for _ in self._reader:
