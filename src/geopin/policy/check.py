@@ -247,7 +247,8 @@ def _check_places(
                 )
             )
         elif kind is NameKind.INVALID and name not in source.broken:
-            if looks_like_code(name) or name in ("EL", "UK"):
+            # A lower-case code ('de') is a mistyped code, not a missing jurisdiction.
+            if looks_like_code(name) or invalid_code_hint(name):
                 problems.append(_bad_code(located.at(key, i), name, "place"))
             else:
                 problems.append(

@@ -67,8 +67,8 @@ def classify(name: str, jurisdictions: set[str] | frozenset[str] | dict) -> Name
 
 
 def invalid_code_hint(name: str) -> str | None:
-    if name in NON_ISO_SPELLINGS:
-        return f"ISO 3166-1 spells it '{NON_ISO_SPELLINGS[name]}'"
+    if name.upper() in NON_ISO_SPELLINGS:
+        return f"ISO 3166-1 spells it '{NON_ISO_SPELLINGS[name.upper()]}'"
     if name.upper() != name and (is_country(name.upper()) or is_subdivision(name.upper())):
         return f"ISO codes are upper case: '{name.upper()}'"
     match = _SUBDIVISION.match(name)
