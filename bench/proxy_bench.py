@@ -1,0 +1,482 @@
+"""What a proxy adds: direct-to-mock against through-the-target, in one run.
+
+The mock upstream and the load generator share core 0; every target under test runs on
+core 1, so the target's cost shows up as added latency and lower requests/s rather than
+as contention with the thing measuring it. Loopback only.
+
+    python bench/proxy_bench.py --plain-hop
+    python bench/proxy_bench.py --plain-hop --target-name geopin \\
+        --target-cmd "geopin serve --config {config}" --target-config-template cfg.yaml
+    python bench/proxy_bench.py --target-name other --target-url http://127.0.0.1:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"
+CLIENT_KEY = "sk-bench-client"  # every target gets the same request bytes, this key included
+DONE = b"data: [DONE]\n\n"
+
+
+def _import(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+loadgen = _import("bench_loadgen", BENCH / "loadgen.py")
+
+# ---- the plain hop: the least a Python HTTP proxy can do -----------------------------------
+
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"upgrade", b"te"}
+
+
+def serve_plain_hop(port: int, upstream: str) -> None:
+    """uvicorn + httpx pass-through: the same stack a Python router is built on."""
+    import httpx
+    import uvicorn
+
+    client = httpx.AsyncClient(
+        base_url=upstream, timeout=30, limits=httpx.Limits(max_keepalive_connections=256)
+    )
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        target = scope["raw_path"].decode() + (
+            "?" + scope["query_string"].decode() if scope["query_string"] else ""
+        )
+        request = client.build_request(scope["method"], target, headers=headers, content=body)
+        response = await client.send(request, stream=True)
+        try:
+            out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": out}
+            )
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await response.aclose()
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+
+
+def serve_tcp_relay(port: int, upstream: str) -> None:
+    """A byte splice, one upstream connection per client: the floor of any Python hop."""
+    import asyncio
+
+    import uvloop
+
+    parts = upstream.removeprefix("http://").split(":")
+    host, upstream_port = parts[0], int(parts[1])
+
+    class Back(asyncio.Protocol):
+        def __init__(self, front: asyncio.Transport) -> None:
+            self.front = front
+
+        def data_received(self, data: bytes) -> None:
+            self.front.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.front.close()
+
+    class Front(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport, self.back, self.pending = transport, None, []
+            asyncio.ensure_future(self._connect())
+
+        async def _connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            back, _ = await loop.create_connection(
+                lambda: Back(self.transport), host, upstream_port
+            )
+            self.back = back
+            back.write(b"".join(self.pending))
+
+        def data_received(self, data: bytes) -> None:
+            if self.back is None:
+                self.pending.append(data)
+            else:
+                self.back.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.back is not None:
+                self.back.close()
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Front, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+# ---- processes and targets -------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # base URL, no trailing slash
+    process: subprocess.Popen | None = None
+    body_extra: dict = field(default_factory=dict)
+    path: str = "/v1/chat/completions"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], core: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``command`` pinned to ``core`` in its own session, so stop() reaches its children."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        command,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for candidate, seconds in times.items():
+        walker, hops = candidate, 0
+        while walker > 1 and walker != pid and hops < 64:
+            walker, hops = parents.get(walker, 0), hops + 1
+        if walker == pid:
+            total += seconds
+    return total
+
+
+def wait_ready(target: Target, request: bytes, timeout: float) -> None:
+    """Bounded: until one real request through the target succeeds."""
+    deadline = time.monotonic() + timeout
+    url = target.url + target.path
+    while True:
+        if target.process is not None and target.process.poll() is not None:
+            raise SystemExit(f"{target.name}: exited with {target.process.returncode} at start")
+        result = loadgen.run_sync(url, request, concurrency=1, requests=1, duration=5, timeout=10)
+        if result.ok:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{target.name}: not answering at {url} after {timeout:.0f}s")
+        time.sleep(0.25)
+
+
+def request_bytes(target: Target, stream: bool) -> bytes:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+        **target.body_extra,
+    }
+    if stream:
+        body["stream"] = True
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    return loadgen.build_request(
+        target.url + target.path, json.dumps(body).encode(), "POST", headers
+    )
+
+
+# ---- measuring -------------------------------------------------------------------------
+
+
+def measure(target: Target, stream: bool, concurrency: int, args, mock_pid: int) -> dict:
+    url = target.url + target.path
+    request = request_bytes(target, stream)
+    pid = target.process.pid if target.process else None
+    before = (cpu_seconds(pid) if pid else None, cpu_seconds(mock_pid))
+    result = loadgen.run_sync(
+        url,
+        request,
+        concurrency=concurrency,
+        requests=args.requests,
+        duration=args.duration,
+        expect_tail=DONE if stream else None,
+    )
+    after = (cpu_seconds(pid) if pid else None, cpu_seconds(mock_pid))
+    summary = result.summary()
+    done = result.ok + result.error_count
+    if pid and done:
+        summary["cpu_ms_per_request"] = round((after[0] - before[0]) / done * 1000, 4)
+    if done:
+        summary["mock_cpu_ms_per_request"] = round((after[1] - before[1]) / done * 1000, 4)
+    return summary
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(raw: dict) -> dict:
+    """Median over repetitions of each figure, per (target, mode, concurrency)."""
+    keys = ("p50_ms", "p99_ms", "ttfb_p50_ms", "rps", "cpu_ms_per_request", "errors")
+    return {
+        cell: {key: _median(runs, key) for key in keys} | {"errors": sum(r["errors"] for r in runs)}
+        for cell, runs in raw.items()
+    }
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _diff(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a - b:+.3f}"
+
+
+def table(figures: dict, targets: list[Target], concurrencies: list[int]) -> str:
+    head = (
+        "| target | c | p50 ms | p99 ms | added p50 | added p99 | TTFB p50 | stream TTFB p50 "
+        "| added stream TTFB | req/s | req/s vs direct | stream req/s | CPU ms/req | errors |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for concurrency in concurrencies:
+        base = figures[f"direct|json|{concurrency}"]
+        base_stream = figures[f"direct|stream|{concurrency}"]
+        for target in targets:
+            row = figures[f"{target.name}|json|{concurrency}"]
+            srow = figures[f"{target.name}|stream|{concurrency}"]
+            ratio = row["rps"] / base["rps"] if row["rps"] and base["rps"] else None
+            cells = [
+                target.name,
+                str(concurrency),
+                _fmt(row["p50_ms"]),
+                _fmt(row["p99_ms"]),
+                _diff(row["p50_ms"], base["p50_ms"]),
+                _diff(row["p99_ms"], base["p99_ms"]),
+                _fmt(row["ttfb_p50_ms"]),
+                _fmt(srow["ttfb_p50_ms"]),
+                _diff(srow["ttfb_p50_ms"], base_stream["ttfb_p50_ms"]),
+                _fmt(row["rps"], 0),
+                _fmt(ratio, 2),
+                _fmt(srow["rps"], 0),
+                _fmt(row["cpu_ms_per_request"]),
+                str(row["errors"] + srow["errors"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--plain-hop", action="store_true", help="also measure a uvicorn + httpx pass-through"
+    )
+    parser.add_argument(
+        "--tcp-relay", action="store_true", help="also measure a raw asyncio byte relay"
+    )
+    parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM proxy")
+    parser.add_argument("--litellm-venv", type=Path, default=OUT / "litellm-venv")
+    parser.add_argument(
+        "--litellm-region",
+        action="store_true",
+        help="LiteLLM with region pre-call checks and allowed_model_region",
+    )
+    parser.add_argument("--target-name", default="target")
+    parser.add_argument("--target-cmd", help="command to start; {port} {config} {upstream}")
+    parser.add_argument("--target-url", help="base URL of the target; {port} is substituted")
+    parser.add_argument(
+        "--target-config-template",
+        type=Path,
+        help="file formatted with {upstream} {port}, written and passed as {config}",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (cap)")
+    parser.add_argument("--requests", type=int, default=100_000, help="requests per run (cap)")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=1.0,
+        help="mock delay between stream events, so TTFB differs from the end",
+    )
+    parser.add_argument("--start-timeout", type=float, default=90.0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--serve-plain-hop", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-tcp-relay", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _targets(args, upstream: str, cores: tuple[int, int], run_dir: Path) -> list[Target]:
+    targets = [Target("direct", upstream)]
+    core = cores[1]
+    if args.plain_hop:
+        port = free_port()
+        command = [sys.executable, __file__, "--serve-plain-hop", upstream, "--port", str(port)]
+        process = start(command, core, run_dir / "plain-hop.log")
+        targets.append(Target("plain-hop", f"http://127.0.0.1:{port}", process))
+    if args.tcp_relay:
+        port = free_port()
+        command = [sys.executable, __file__, "--serve-tcp-relay", upstream, "--port", str(port)]
+        process = start(command, core, run_dir / "tcp-relay.log")
+        targets.append(Target("tcp-relay", f"http://127.0.0.1:{port}", process))
+    if args.litellm or args.litellm_region:
+        litellm = _import("bench_litellm_target", BENCH / "litellm" / "target.py")
+        variants = [
+            (name, region)
+            for name, region in (("litellm", False), ("litellm-region", True))
+            if (args.litellm, args.litellm_region)[region]
+        ]
+        for name, region in variants:
+            port = free_port()
+            command, env, extra = litellm.prepare(
+                args.litellm_venv, upstream, port, run_dir / name, CLIENT_KEY, region
+            )
+            process = start(command, core, run_dir / f"{name}.log", env)
+            targets.append(Target(name, f"http://127.0.0.1:{port}", process, extra))
+    if args.target_cmd or args.target_url:
+        port = free_port()
+        values = {"port": port, "upstream": upstream}
+        if args.target_config_template:
+            config = run_dir / f"{args.target_name}-config{args.target_config_template.suffix}"
+            config.write_text(args.target_config_template.read_text().format(**values))
+            values["config"] = str(config)
+        url = (args.target_url or "http://127.0.0.1:{port}").format(**values).rstrip("/")
+        process = None
+        if args.target_cmd:
+            command = shlex.split(args.target_cmd.format(**values))
+            process = start(command, core, run_dir / f"{args.target_name}.log")
+        targets.append(Target(args.target_name, url, process))
+    return targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.serve_plain_hop:
+        serve_plain_hop(args.port, args.serve_plain_hop)
+        return 0
+    if args.serve_tcp_relay:
+        serve_tcp_relay(args.port, args.serve_tcp_relay)
+        return 0
+    cores = (0, 1) if len(os.sched_getaffinity(0)) > 1 and os.cpu_count() > 1 else (0, 0)
+    os.sched_setaffinity(0, {cores[0]})  # the load generator shares core 0 with the mock
+    run_dir = args.out / time.strftime("proxy-bench-%Y%m%d-%H%M%S")
+    mock_port = free_port()
+    mock_cmd = [
+        sys.executable,
+        "-m",
+        "geopin.mock_upstream",
+        "--port",
+        str(mock_port),
+        "--region",
+        "bench",
+        "--chunk-delay-ms",
+        str(args.chunk_delay_ms),
+    ]
+    mock = start(mock_cmd, cores[0], run_dir / "mock.log")
+    targets: list[Target] = []
+    try:
+        upstream = f"http://127.0.0.1:{mock_port}"
+        targets = _targets(args, upstream, cores, run_dir)
+        for target in targets:
+            wait_ready(target, request_bytes(target, False), args.start_timeout)
+            for stream in (False, True):  # warm up: connections, caches, lazy imports
+                loadgen.run_sync(
+                    target.url + target.path,
+                    request_bytes(target, stream),
+                    concurrency=8,
+                    requests=args.requests,
+                    duration=args.warmup,
+                )
+        raw: dict[str, list[dict]] = {}
+        # Interleave targets within each repetition so drift on a shared machine hits all alike.
+        for rep in range(args.reps):
+            for concurrency in args.concurrency:
+                for target in targets:
+                    for mode in ("json", "stream"):
+                        summary = measure(target, mode == "stream", concurrency, args, mock.pid)
+                        raw.setdefault(f"{target.name}|{mode}|{concurrency}", []).append(summary)
+                        print(
+                            f"rep {rep + 1} c={concurrency} {target.name} {mode}: "
+                            f"{summary['rps']} req/s p50 {summary['p50_ms']} ms "
+                            f"errors {summary['errors']}",
+                            file=sys.stderr,
+                        )
+        figures = aggregate(raw)
+        report = table(figures, targets, args.concurrency)
+        note = (
+            f"\nMedians of {args.reps} repetitions of {args.duration:g} s (or {args.requests} "
+            f"requests) per cell; mock and load generator on core {cores[0]}, targets on core "
+            f"{cores[1]}; stream answers have 8 pieces {args.chunk_delay_ms:g} ms apart. "
+            "CPU ms/req: the target process tree's utime+stime per request."
+        )
+        print(report + note)
+        (run_dir / "table.md").write_text(report + note + "\n")
+        (run_dir / "raw.json").write_text(json.dumps({"raw": raw, "figures": figures}, indent=1))
+        print(f"\nwritten to {run_dir}", file=sys.stderr)
+    finally:
+        for target in targets:
+            stop(target.process)
+        stop(mock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
