@@ -1,7 +1,10 @@
 """The client's address: the socket peer, or what trusted proxies and CDNs say it is.
 
 Forwarding headers are written by whoever sent the request, so they are read only when the
-socket peer is a proxy or CDN the operator trusts; from anyone else they are ignored.
+socket peer is one the operator trusts: ``X-Forwarded-For`` and ``Forwarded`` from a peer in
+``trusted_proxies``, the CDN's own client-address headers from a peer in ``trusted_cdns``.
+Walking a forwarding chain, hops in either list are skipped: a CDN edge our proxy reports is
+as trustworthy as the proxy itself. From anyone else the headers are ignored.
 Called on every request: the untrusted-peer path does one cached parse and one range check.
 """
 
