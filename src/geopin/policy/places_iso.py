@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from functools import cache
+from functools import lru_cache
 
 import pycountry
 
@@ -23,23 +23,23 @@ class NameKind(StrEnum):
     INVALID = "invalid"
 
 
-@cache
+@lru_cache(maxsize=4096)
 def is_country(code: str) -> bool:
     return bool(_COUNTRY.match(code)) and pycountry.countries.get(alpha_2=code) is not None
 
 
-@cache
+@lru_cache(maxsize=4096)
 def is_subdivision(code: str) -> bool:
     return bool(_SUBDIVISION.match(code)) and pycountry.subdivisions.get(code=code) is not None
 
 
-@cache
+@lru_cache(maxsize=4096)
 def country_name(code: str) -> str:
     country = pycountry.countries.get(alpha_2=code)
     return country.name if country else code
 
 
-@cache
+@lru_cache(maxsize=4096)
 def subdivision_name(code: str) -> str:
     sub = pycountry.subdivisions.get(code=code)
     return sub.name if sub else code
