@@ -61,54 +61,71 @@ def _utf16_units(key: str) -> bytes:
     return key.encode("utf-16-be", "surrogatepass")
 
 
-def _write(value: object, out: list[str], path: str) -> None:
+class _Rejected(Exception):
+    """A value that has no canonical form; ``path`` is filled in on the way out."""
+
+    def __init__(self, error: type[Exception], message: str) -> None:
+        super().__init__(message)
+        self.error, self.message = error, message
+        self.path: list[str] = []
+
+
+def _encode(value: object) -> str:
     # bool before int: True is an int in Python but a literal in JSON.
     if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, str):
-        out.append(_string(value))
-    elif isinstance(value, int):
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int):
         if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise ValueError(f"{path}: integer {value} is outside the I-JSON range ±(2**53-1)")
-        out.append(int.__repr__(value))
-    elif isinstance(value, dict):
-        _write_object(value, out, path)
-    elif isinstance(value, list):
-        out.append("[")
+            raise _Rejected(ValueError, f"integer {value} is outside the I-JSON range ±(2**53-1)")
+        return int.__repr__(value)
+    if isinstance(value, dict):
+        return _encode_object(value)
+    if isinstance(value, list):
+        items = []
         for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _write(item, out, f"{path}[{i}]")
-        out.append("]")
-    elif isinstance(value, float):
-        raise TypeError(f"{path}: float {value!r} is not allowed; use an integer unit")
-    else:
-        raise TypeError(f"{path}: {type(value).__name__} is not a canonical JSON type")
+            try:
+                items.append(_encode(item))
+            except _Rejected as exc:
+                exc.path.append(f"[{i}]")
+                raise
+        return "[" + ",".join(items) + "]"
+    if isinstance(value, float):
+        raise _Rejected(TypeError, f"float {value!r} is not allowed; use an integer unit")
+    raise _Rejected(TypeError, f"{type(value).__name__} is not a canonical JSON type")
 
 
-def _write_object(value: dict, out: list[str], path: str) -> None:
+def _encode_object(value: dict) -> str:
     for key in value:
         if not isinstance(key, str):
-            raise TypeError(f"{path}: object key {key!r} is {type(key).__name__}, not str")
-    out.append("{")
-    for i, key in enumerate(sorted(value, key=_utf16_units)):
-        if i:
-            out.append(",")
-        out.append(_string(key))
-        out.append(":")
-        _write(value[key], out, f"{path}.{key}")
-    out.append("}")
+            raise _Rejected(TypeError, f"object key {key!r} is {type(key).__name__}, not str")
+    # For ASCII keys code point order is UTF-16 order; skip the re-encoding then.
+    if all(key.isascii() for key in value):
+        keys = sorted(value)
+    else:
+        keys = sorted(value, key=_utf16_units)
+    members = []
+    for key in keys:
+        try:
+            members.append(_string(key) + ":" + _encode(value[key]))
+        except _Rejected as exc:
+            exc.path.append(f".{key}")
+            raise
+    return "{" + ",".join(members) + "}"
 
 
 def canonical_json(obj: object) -> bytes:
     """The canonical UTF-8 JSON encoding of ``obj`` (see the module docstring for the rules)."""
-    out: list[str] = []
-    _write(obj, out, "$")
-    text = "".join(out)
+    try:
+        text = _encode(obj)
+    except _Rejected as exc:
+        where = "$" + "".join(reversed(exc.path))
+        raise exc.error(f"{where}: {exc.message}") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
