@@ -110,3 +110,22 @@ def make_outcome(n: int = 0, **overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return outcome_record(**fields)
+
+
+def add_pending(engine, records) -> None:
+    """Write records straight into the pending table, as AuditWriter would."""
+    from geopin.audit.db import write_connection
+    from geopin.audit.records import encode
+    from geopin.audit.store import insert_pending
+
+    with write_connection(engine) as conn, conn.begin():
+        insert_pending(conn, [(r["id"], encode(r)) for r in records])
+
+
+def append_and_sequence(engine, records, *, key=None, checkpoint_file=None, force=True):
+    """Add records and sequence them, signing a checkpoint when ``key`` is given."""
+    from geopin.audit.sequencer import Sequencer
+
+    add_pending(engine, records)
+    sequencer = Sequencer(engine, signing_key=key, checkpoint_file=checkpoint_file)
+    return sequencer.run_once(force_checkpoint=force)
