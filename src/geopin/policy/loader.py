@@ -206,8 +206,8 @@ def parse_yaml(shown: str, raw: bytes, problems: list[Problem]) -> tuple[Any, Po
     except YAMLError as exc:
         problems.append(Problem(Position(shown), "yaml-syntax", " ".join(str(exc).split())))
         return None
-    if data is None:
-        data = CommentedMap()
+    if data is None:  # an empty file, or only comments: a mapping with nothing to index
+        return {}, Positions(shown, {}, {})
     positions = Positions(shown, {}, {})
     _index(data, (), positions)
     if not isinstance(data, dict):
