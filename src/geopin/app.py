@@ -1,0 +1,178 @@
+"""The composition root: the router's ASGI application, built from settings.
+
+``build_app(settings)`` loads and checks everything that can be wrong before a socket is
+opened (policy, GeoIP database, keys, admin token, the audit schema), raising geopin's own
+errors; the application's lifespan then starts the audit writer, the probes and the reload
+watch, and stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from geopin.audit.db import create_audit_engine
+from geopin.audit.migrate import check_schema
+from geopin.audit.writer import AuditWriter
+from geopin.errors import AuditUnavailable
+from geopin.policy.decision import Endpoint
+from geopin.proxy.admin import PREFIX, build_admin
+from geopin.proxy.asgi import ProxyApp
+from geopin.proxy.forward import UpstreamClient
+from geopin.proxy.refusal import not_found, send_error
+from geopin.proxy.reload import Reloader
+from geopin.proxy.state import AuditSink, Runtime, RuntimeState, StateHolder, load_state
+from geopin.routing.health import HealthBoard
+from geopin.routing.probe import Prober
+from geopin.settings import Settings, load_settings
+
+log = logging.getLogger("geopin")
+
+CONFIG_ENVVAR = "GEOPIN_CONFIG"  # the settings file of `geopin serve --workers N` workers
+
+
+class GeopinApp:
+    """ASGI: ``/_geopin/*`` to the admin API, everything else to the proxy path."""
+
+    def __init__(self, runtime: Runtime, *, probes: bool = True) -> None:
+        self.runtime = runtime
+        self.proxy = ProxyApp(runtime)
+        self.reloader = Reloader(runtime, on_swap=self._swapped)
+        settings = runtime.settings
+        self.prober: Prober | None = None
+        if probes and settings.probes.enabled:
+            self.prober = Prober(
+                runtime.health,
+                _probe_targets(runtime.holder.current),
+                interval_s=settings.probes.interval_s,
+                timeout_s=settings.probes.timeout_s,
+                auth_headers=self._probe_auth,
+            )
+        self.ready = False
+        self.admin = build_admin(runtime, self.reloader, lambda: self.ready)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"].startswith(PREFIX):
+                await self.admin(scope, receive, send)
+            else:
+                await self.proxy(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await send_error(send, not_found("geopin serves HTTP only"))
+
+    async def startup(self) -> None:
+        audit = self.runtime.audit
+        if isinstance(audit, AuditWriter):
+            await audit.start()
+        if self.prober is not None:
+            await self.prober.start()
+        await self.reloader.start()
+        self.ready = True
+        state = self.runtime.holder.current
+        log.info(
+            "geopin ready: policy %s, %d endpoints, GeoIP %s",
+            state.policy.version,
+            len(state.routes),
+            state.resolver.describe(),
+        )
+        for problem in state.problems:
+            log.warning("%s", problem)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        await self.reloader.close()
+        if self.prober is not None:
+            await self.prober.close()
+        await self.runtime.drain()
+        await self.runtime.client.aclose()
+        audit = self.runtime.audit
+        if isinstance(audit, AuditWriter):
+            await audit.close()
+        self.runtime.holder.current.resolver.close()
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _swapped(self, state: RuntimeState) -> None:
+        self.runtime.health.forget(state.routes)
+        if self.prober is not None:
+            self.prober.set_endpoints(_probe_targets(state))
+
+    def _probe_auth(self, endpoint: Endpoint) -> dict[str, str]:
+        route = self.runtime.holder.current.routes.get(endpoint.id)
+        if route is None:
+            return {}
+        return {name.decode(): value.decode("latin-1") for name, value in route.auth}
+
+
+def build_app(
+    settings: Settings, *, audit: AuditSink | None = None, probes: bool = True
+) -> GeopinApp:
+    """The router for ``settings``. Raises PolicyError, GeoIPError, ConfigError or
+    SchemaOutOfDate when something it needs is invalid; ``audit`` replaces the audit writer."""
+    admin_token = settings.admin_token_value()
+    state = load_state(settings)
+    if audit is None:
+        audit = _audit_writer(settings)
+    key = settings.audit.client_key
+    client_key = key.get_secret_value().encode() if key is not None else os.urandom(32)
+    upstream = settings.upstream
+    runtime = Runtime(
+        settings=settings,
+        holder=StateHolder(state),
+        health=HealthBoard(),
+        client=UpstreamClient(
+            connect_timeout=upstream.connect_timeout_s,
+            read_timeout=upstream.read_timeout_s,
+            max_idle_per_origin=upstream.max_idle_connections,
+        ),
+        audit=audit,
+        client_key=client_key,
+        admin_token=admin_token,
+    )
+    return GeopinApp(runtime, probes=probes)
+
+
+def app_from_environment() -> GeopinApp:
+    """The factory each `geopin serve --workers N` worker calls."""
+    return build_app(load_settings(os.environ.get(CONFIG_ENVVAR) or None))
+
+
+def _audit_writer(settings: Settings) -> AuditWriter:
+    engine = create_audit_engine(settings.audit.database_url.get_secret_value())
+    try:
+        check_schema(engine)
+    except AuditUnavailable:
+        if settings.audit.spool is None:
+            raise
+    return AuditWriter(engine, spool=settings.audit.spool)
+
+
+def _probe_targets(state: RuntimeState) -> list[Endpoint]:
+    """The usable endpoints, at the URL requests go to (an override replaces the policy's)."""
+    targets = []
+    for route in state.routes.values():
+        if not route.usable:
+            continue
+        origin = route.origin
+        host = f"[{origin.host}]" if ":" in origin.host else origin.host
+        url = f"{origin.scheme}://{host}:{origin.port}{route.base_path}"
+        targets.append(dataclasses.replace(route.endpoint, url=url))
+    return targets

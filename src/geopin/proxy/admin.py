@@ -1,0 +1,264 @@
+"""The admin API under ``/_geopin/``: FastAPI, off the hot path, behind the admin token.
+
+Every route needs ``Authorization: Bearer <admin token>`` except ``/_geopin/healthz`` and
+``/_geopin/readyz``, which reveal nothing. With no token configured the guarded routes answer
+404, as if they did not exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from ipaddress import ip_address
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from geopin import __version__
+from geopin.geo.location import UNKNOWN, Location, LocationSource
+from geopin.policy.decision import RequestContext
+from geopin.policy.explain import explain
+from geopin.proxy.refusal import error_payload
+from geopin.proxy.reload import Reloader
+from geopin.proxy.state import Runtime
+
+PREFIX = "/_geopin"
+
+
+class ExplainRequest(BaseModel):
+    """A hypothetical request: where from (a country, a subdivision or an address) and what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    country: str | None = Field(None, description="ISO 3166-1 alpha-2, e.g. DE")
+    subdivision: str | None = Field(None, description="ISO 3166-2, e.g. CA-QC")
+    ip: str | None = Field(None, description="A client address, located with the GeoIP data")
+    tenant: str | None = None
+    data_class: str | None = None
+
+
+class _AdminError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str, **extra: Any) -> None:
+        self.status, self.message, self.type_, self.code, self.extra = (
+            status,
+            message,
+            type_,
+            code,
+            extra,
+        )
+
+
+def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool]) -> FastAPI:
+    app = FastAPI(
+        title="geopin admin API",
+        version=__version__,
+        openapi_url=None,  # served below, behind the token
+        docs_url=None,
+        redoc_url=None,
+    )
+    token = runtime.admin_token
+
+    def require_admin(request: Request) -> None:
+        if token is None:
+            raise _AdminError(
+                404, "the admin API is disabled (no admin token)", "not_found", "not_found"
+            )
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), token.encode()
+        ):
+            raise _AdminError(
+                401,
+                "a valid admin token is required",
+                "authentication_error",
+                "invalid_admin_token",
+            )
+
+    open_routes = APIRouter(prefix=PREFIX, tags=["health"])
+    admin = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_admin)])
+
+    @open_routes.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @open_routes.get("/readyz")
+    def readyz() -> JSONResponse:
+        """The router can take requests: policy loaded, audit log writing."""
+        ok = ready()
+        return JSONResponse({"status": "ready" if ok else "not ready"}, 200 if ok else 503)
+
+    @admin.get("/policy")
+    def policy() -> dict[str, Any]:
+        """The policy serving now, its warnings, and the last reload's failure if it failed."""
+        state = runtime.holder.current
+        failure = runtime.holder.failure
+        return {
+            "version": state.policy.version,
+            "root": state.policy.root,
+            "files": list(state.policy.files),
+            "loaded_at": state.loaded_at,
+            "warnings": [p.to_dict() for p in state.policy.warnings],
+            "endpoint_problems": list(state.problems),
+            "load_error": None
+            if failure is None
+            else {
+                "at": failure.at,
+                "what": failure.what,
+                "message": failure.message,
+                "problems": failure.problems,
+            },
+        }
+
+    @admin.get("/policy/rules/{rule_id}")
+    def rule(rule_id: str) -> dict[str, Any]:
+        """A rule's reason and legal basis: where a 451's ``blocked-by`` link points."""
+        found = runtime.holder.current.policy.rule(rule_id)
+        if found is None:
+            raise _AdminError(
+                404, f"no rule '{rule_id}' in the policy", "not_found", "rule_not_found"
+            )
+        return {
+            "id": found.id,
+            "effect": found.effect,
+            "places": list(found.place_names),
+            "reason": found.reason,
+            "legal_basis": found.legal_basis,
+            "tenant": found.owner,
+            "description": found.description,
+            "defined_at": str(found.position),
+        }
+
+    @admin.get("/endpoints")
+    def endpoints() -> dict[str, Any]:
+        """Every endpoint of the policy with its breaker and latency."""
+        state = runtime.holder.current
+        health = runtime.health.snapshot(time.monotonic())
+        out = []
+        for endpoint_id, route in state.routes.items():
+            h = health.of(endpoint_id)
+            endpoint = route.endpoint
+            out.append(
+                {
+                    "id": endpoint_id,
+                    "kind": str(endpoint.kind),
+                    "origin": f"{route.origin.scheme}://{route.origin.host}:{route.origin.port}",
+                    "country": endpoint.country,
+                    "subdivision": endpoint.subdivision,
+                    "tier": str(endpoint.tier),
+                    "usable": route.usable,
+                    "problem": route.problem,
+                    "state": str(h.state),
+                    "latency_ewma_s": h.latency_ewma_s,
+                    "consecutive_failures": h.consecutive_failures,
+                    "successes": h.successes,
+                    "failures": h.failures,
+                    "last_error": h.last_error,
+                    "last_probe_ok": h.last_probe_ok,
+                }
+            )
+        pool = runtime.client.stats()
+        return {"endpoints": out, "pool": {"idle": pool.idle, "active": pool.active}}
+
+    @admin.post("/reload")
+    async def reload() -> JSONResponse:
+        """Reload policy, GeoIP data and keys now. 422 (and the old policy keeps serving) when
+        anything is invalid."""
+        outcome = await reloader.reload("admin API")
+        if outcome.reloaded:
+            return JSONResponse(outcome.to_dict())
+        body = error_payload(
+            outcome.error or "reload failed",
+            "invalid_request_error",
+            "reload_rejected",
+            version=outcome.version,
+            problems=list(outcome.problems),
+        )
+        return JSONResponse(body, 422)
+
+    @admin.post("/explain")
+    def explain_request(request: ExplainRequest) -> dict[str, Any]:
+        """The decision a hypothetical request would get, with every rule's trace."""
+        state = runtime.holder.current
+        location = _location(request, state.resolver)
+        if request.data_class and request.data_class not in state.policy.data_classes:
+            raise _AdminError(
+                400,
+                f"'{request.data_class}' is not a data class of the policy",
+                "invalid_request_error",
+                "invalid_data_class",
+            )
+        ctx = RequestContext(location, request.model, request.tenant, request.data_class)
+        return explain(state.policy, ctx).to_dict()
+
+    @admin.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    app.include_router(open_routes)
+    app.include_router(admin)
+    _add_audit_routes(app, runtime, require_admin)
+    _install_error_shape(app)
+    return app
+
+
+def _location(request: ExplainRequest, resolver: Any) -> Location:
+    if request.ip:
+        try:
+            return resolver.lookup(ip_address(request.ip))
+        except ValueError as exc:
+            raise _AdminError(400, str(exc), "invalid_request_error", "invalid_ip") from exc
+    if request.country:
+        subdivision = request.subdivision.upper() if request.subdivision else None
+        return Location(request.country.upper(), subdivision, LocationSource.DECLARED)
+    return UNKNOWN
+
+
+def _add_audit_routes(app: FastAPI, runtime: Runtime, require_admin: Callable) -> None:
+    engine = getattr(runtime.audit, "engine", None)
+    if engine is None:
+        return
+    from geopin.audit.http import audit_router
+
+    router = audit_router(
+        engine,
+        dependencies=[Depends(require_admin)],
+        jurisdictions=lambda name: runtime.holder.current.policy.jurisdictions.get(name),
+    )
+    app.include_router(router, prefix=PREFIX + "/audit", tags=["audit"])
+
+
+def _install_error_shape(app: FastAPI) -> None:
+    """Every admin error in the one JSON shape of the proxy's errors."""
+
+    @app.exception_handler(_AdminError)
+    async def admin_error(_request: Request, exc: _AdminError) -> JSONResponse:
+        body = error_payload(exc.message, exc.type_, exc.code, **exc.extra)
+        headers = {"cache-control": "no-store"}
+        if exc.status == 401:
+            headers["www-authenticate"] = 'Bearer realm="geopin admin"'
+        return JSONResponse(body, exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return JSONResponse(
+            error_payload(message, "invalid_request_error", "invalid_request", where or None), 400
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse(
+            error_payload(str(exc.detail), "invalid_request_error", code),
+            exc.status_code,
+            headers=exc.headers,
+        )

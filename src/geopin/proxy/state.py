@@ -1,0 +1,147 @@
+"""The runtime state a request is served under: built whole, swapped whole, never changed.
+
+A request reads ``holder.current`` once and keeps that snapshot to its end, so in-flight
+requests finish under the policy, GeoIP data and keys they started with while a reload swaps
+in the next state for new requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from geopin.errors import ConfigError, GeoIPError, GeopinError, PolicyError
+from geopin.geo.client import TrustConfig
+from geopin.geo.resolvers import Resolver, open_resolver
+from geopin.keys import KeyStore
+from geopin.policy.loader import load_policy, policy_files
+from geopin.proxy.forward import UpstreamClient
+from geopin.proxy.upstream import Route, prepare_route
+from geopin.routing.health import HealthBoard
+
+if TYPE_CHECKING:
+    from geopin.policy.compile import CompiledPolicy
+    from geopin.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeState:
+    policy: CompiledPolicy
+    resolver: Resolver
+    trust: TrustConfig
+    keys: KeyStore | None
+    routes: Mapping[str, Route]  # endpoint id -> route, for every endpoint of the policy
+    loaded_at: float  # time.time() of the load
+    problems: tuple[str, ...] = ()  # why some endpoints cannot be used (missing credentials)
+
+
+@dataclass
+class LoadFailure:
+    """The last reload that failed: the running state kept serving."""
+
+    at: float
+    what: str  # "policy" | "geoip" | "keys" | "settings"
+    message: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StateHolder:
+    """Where the current RuntimeState lives. Assignment is the swap: atomic in the event loop."""
+
+    __slots__ = ("current", "failure")
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.current = state
+        self.failure: LoadFailure | None = None
+
+
+def load_state(settings: Settings) -> RuntimeState:
+    """Load policy, GeoIP database and keys per ``settings``.
+
+    Raises PolicyError, GeoIPError or ConfigError: nothing half-loaded is ever returned.
+    """
+    policy = load_policy(settings.policy_dir)
+    unknown = sorted(set(settings.endpoint_overrides) - set(policy.endpoints))
+    if unknown:
+        raise ConfigError(
+            "endpoint_overrides: no endpoint "
+            + ", ".join(repr(u) for u in unknown)
+            + f" in the policy at {settings.policy_dir}"
+        )
+    routes = {
+        endpoint_id: prepare_route(endpoint, settings.endpoint_overrides.get(endpoint_id))
+        for endpoint_id, endpoint in policy.endpoints.items()
+    }
+    problems = tuple(f"endpoint {r.endpoint.id}: {r.problem}" for r in routes.values() if r.problem)
+    trust = TrustConfig.from_strings(settings.trusted_proxies, settings.trusted_cdns)
+    keys = KeyStore.load(settings.keys_file) if settings.keys_file is not None else None
+    resolver = open_resolver(str(settings.geoip_db) if settings.geoip_db else None)
+    return RuntimeState(policy, resolver, trust, keys, routes, time.time(), problems)
+
+
+def describe_failure(exc: GeopinError, what: str) -> LoadFailure:
+    problems: list[dict[str, Any]] = []
+    if isinstance(exc, PolicyError):
+        problems = [p.to_dict() for p in exc.problems]
+        message = "\n".join(str(p) for p in exc.problems)
+    else:
+        message = str(exc)
+    return LoadFailure(time.time(), what, message, problems)
+
+
+def failure_kind(exc: GeopinError) -> str:
+    if isinstance(exc, PolicyError):
+        return "policy"
+    if isinstance(exc, GeoIPError):
+        return "geoip"
+    return "settings"
+
+
+def watched_files(settings: Settings) -> tuple[tuple[str, int, int], ...]:
+    """A fingerprint of every file a reload reads: (path, mtime_ns, size) each."""
+    paths = [settings.policy_dir]  # its own mtime changes when a file is added or removed
+    try:
+        paths.extend(policy_files(settings.policy_dir))
+    except OSError:
+        pass  # a missing directory: the reload reports it
+    paths.extend(p for p in (settings.geoip_db, settings.keys_file) if p is not None)
+    fingerprint = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            fingerprint.append((str(path), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            fingerprint.append((str(path), -1, -1))
+    return tuple(fingerprint)
+
+
+class AuditSink(Protocol):
+    async def record(self, record: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """Everything the proxy path and the admin API share for the life of the process."""
+
+    settings: Settings
+    holder: StateHolder
+    health: HealthBoard
+    client: UpstreamClient
+    audit: AuditSink
+    client_key: bytes  # HMAC key for client addresses in audit records
+    admin_token: str | None
+    background: set[asyncio.Task] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` after the response, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the background work (outcome records) still running."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)

@@ -1,0 +1,71 @@
+"""Token usage an upstream reported, for the outcome record.
+
+Read from what passed through anyway: a small JSON body is kept whole, a stream keeps only its
+tail (the usage arrives in the last events). Parsed after the response has gone to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+KEEP_WHOLE = 256 * 1024  # JSON bodies up to this size are kept to read their usage
+TAIL = 8 * 1024  # bytes of a stream's end kept to find its usage
+
+
+class UsageTap:
+    """Fed every chunk of a response; keeps what :meth:`usage` needs and no more."""
+
+    __slots__ = ("_stream", "_parts", "_size", "bytes_out")
+
+    def __init__(self, content_type: bytes, content_length: int | None) -> None:
+        self._stream = content_type.startswith(b"text/event-stream")
+        json_body = content_type.startswith(b"application/json")
+        whole = json_body and content_length is not None and content_length <= KEEP_WHOLE
+        self._parts: list[bytes] | None = [] if (self._stream or whole) else None
+        self._size = 0
+        self.bytes_out = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
+        parts = self._parts
+        if parts is None:
+            return
+        parts.append(chunk)
+        self._size += len(chunk)
+        if self._stream and self._size > 2 * TAIL:
+            tail = b"".join(parts)[-TAIL:]
+            parts[:] = [tail]
+            self._size = len(tail)
+
+    def usage(self) -> dict[str, int] | None:
+        if not self._parts:
+            return None
+        data = b"".join(self._parts)
+        if not self._stream:
+            return _usage_of(_loads(data))
+        found = None
+        for line in data.split(b"\n"):
+            if line.startswith(b"data:") and b"usage" in line:
+                found = _usage_of(_loads(line[5:].strip())) or found
+        return found
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _usage_of(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    usage = value.get("usage")
+    if not isinstance(usage, dict):
+        message = value.get("message")  # Anthropic's message_start event
+        usage = message.get("usage") if isinstance(message, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    return counts or None
