@@ -71,6 +71,8 @@ def invalid_code_hint(name: str) -> str | None:
         return f"ISO 3166-1 spells it '{NON_ISO_SPELLINGS[name.upper()]}'"
     if name.upper() != name and (is_country(name.upper()) or is_subdivision(name.upper())):
         return f"ISO codes are upper case: '{name.upper()}'"
+    if is_subdivision(name):  # a valid code in the wrong place, e.g. under 'countries'
+        return f"'{name}' is an ISO 3166-2 subdivision, not a country"
     match = _SUBDIVISION.match(name)
     if match and is_country(match.group(1)):
         return f"'{match.group(1)}' has no subdivision '{match.group(2)}' in ISO 3166-2"
