@@ -107,6 +107,10 @@ class Settings(_Section):
     endpoint_overrides: dict[str, str] = Field(
         default_factory=dict, description="Endpoint id to URL, replacing the policy's URL."
     )
+    credential_files: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Endpoint id to a file holding its credential, replacing the policy's.",
+    )
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     upstream: UpstreamSettings = UpstreamSettings()

@@ -26,6 +26,11 @@ def _register() -> None:
     from geopin.cli.keys import keys
 
     main.add_command(keys)
+    from geopin.cli.demo import demo
+    from geopin.cli.serve import serve
+
+    main.add_command(serve)
+    main.add_command(demo)
     from geopin.cli.audit import audit
     from geopin.cli.db import db
 

@@ -17,6 +17,7 @@ from geopin.errors import ConfigError, GeoIPError, GeopinError, PolicyError
 from geopin.geo.client import TrustConfig
 from geopin.geo.resolvers import Resolver, open_resolver
 from geopin.keys import KeyStore
+from geopin.policy.decision import CredentialRef
 from geopin.policy.loader import load_policy, policy_files
 from geopin.proxy.forward import UpstreamClient
 from geopin.proxy.upstream import Route, prepare_route
@@ -64,15 +65,23 @@ def load_state(settings: Settings) -> RuntimeState:
     Raises PolicyError, GeoIPError or ConfigError: nothing half-loaded is ever returned.
     """
     policy = load_policy(settings.policy_dir)
-    unknown = sorted(set(settings.endpoint_overrides) - set(policy.endpoints))
-    if unknown:
-        raise ConfigError(
-            "endpoint_overrides: no endpoint "
-            + ", ".join(repr(u) for u in unknown)
-            + f" in the policy at {settings.policy_dir}"
-        )
+    for name, overrides in (
+        ("endpoint_overrides", settings.endpoint_overrides),
+        ("credential_files", settings.credential_files),
+    ):
+        unknown = sorted(set(overrides) - set(policy.endpoints))
+        if unknown:
+            raise ConfigError(
+                f"{name}: no endpoint "
+                + ", ".join(repr(u) for u in unknown)
+                + f" in the policy at {settings.policy_dir}"
+            )
     routes = {
-        endpoint_id: prepare_route(endpoint, settings.endpoint_overrides.get(endpoint_id))
+        endpoint_id: prepare_route(
+            endpoint,
+            settings.endpoint_overrides.get(endpoint_id),
+            _credential_file(settings, endpoint_id),
+        )
         for endpoint_id, endpoint in policy.endpoints.items()
     }
     problems = tuple(f"endpoint {r.endpoint.id}: {r.problem}" for r in routes.values() if r.problem)
@@ -80,6 +89,11 @@ def load_state(settings: Settings) -> RuntimeState:
     keys = KeyStore.load(settings.keys_file) if settings.keys_file is not None else None
     resolver = open_resolver(str(settings.geoip_db) if settings.geoip_db else None)
     return RuntimeState(policy, resolver, trust, keys, routes, time.time(), problems)
+
+
+def _credential_file(settings: Settings, endpoint_id: str) -> CredentialRef | None:
+    path = settings.credential_files.get(endpoint_id)
+    return CredentialRef(file=str(path)) if path is not None else None
 
 
 def describe_failure(exc: GeopinError, what: str) -> LoadFailure:

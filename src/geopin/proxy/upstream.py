@@ -103,17 +103,20 @@ class ClientCall:
     api_version: str | None = None  # the client's Azure api-version
 
 
-def prepare_route(endpoint: Endpoint, url: str | None = None) -> Route:
-    """Parse the endpoint's URL (or an override) and read its credential once."""
+def prepare_route(
+    endpoint: Endpoint, url: str | None = None, credentials: CredentialRef | None = None
+) -> Route:
+    """Parse the endpoint's URL and read its credential once (either may be overridden)."""
     parts = urlsplit(url or endpoint.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"endpoint {endpoint.id}: url {url or endpoint.url!r} is not http(s)")
     origin = Origin(parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme))
     problem = None
     auth: tuple[tuple[bytes, bytes], ...] = ()
-    if endpoint.credentials is not None:
+    credentials = credentials or endpoint.credentials
+    if credentials is not None:
         try:
-            auth = _auth_headers(endpoint.kind, read_credential(endpoint.credentials))
+            auth = _auth_headers(endpoint.kind, read_credential(credentials))
         except ConfigError as exc:
             problem = str(exc)
     return Route(endpoint, origin, parts.path.rstrip("/"), auth, problem)
