@@ -7,8 +7,9 @@ Semantics (docs/policy-language.md states them for authors):
 - the policy's default data class always applies; a declared class only adds rules, so it can
   make a decision stricter, never looser;
 - ``defaults.unknown_location`` applies whenever the location is unknown; ``defaults.no_match``
-  applies when no rule matches the request as it would be without a declared class, and
-  without it such a request is denied (fail closed).
+  applies when no rule matches the request as it would be without a declared class and without
+  its tenant's own rules, and without it such a request is denied (fail closed). So neither a
+  declared class nor a tenant's rules can escape to a looser default: they only narrow.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def matching_rules(policy: CompiledPolicy, ctx: RequestContext) -> list[Compiled
     """Every rule that applies to ``ctx``, defaults included, sorted by id."""
     base = frozenset({policy.default_data_class} if policy.default_data_class else ())
     full = base | {ctx.data_class} if ctx.data_class else base
-    baseline = [r for r in policy.rules if rule_matches(r, ctx, base)]
+    # What the policy itself says; a declared class and a tenant's own rules only add to it.
+    baseline = [r for r in policy.rules if r.owner is None and rule_matches(r, ctx, base)]
     extra = [r for r in policy.rules if r not in baseline and rule_matches(r, ctx, full)]
     if ctx.location.country is None and policy.unknown_location_rule is not None:
         baseline.append(policy.unknown_location_rule)
