@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_tcp_relay:
         serve_tcp_relay(args.port, args.serve_tcp_relay)
         return 0
-    cores = (0, 1) if len(os.sched_getaffinity(0)) > 1 and os.cpu_count() > 1 else (0, 0)
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = (allowed[0], allowed[1] if len(allowed) > 1 else allowed[0])
     os.sched_setaffinity(0, {cores[0]})  # the load generator shares core 0 with the mock
     run_dir = args.out / time.strftime("proxy-bench-%Y%m%d-%H%M%S")
     mock_port = free_port()
