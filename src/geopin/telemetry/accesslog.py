@@ -104,7 +104,8 @@ class JsonFormatter(logging.Formatter):
             out.update((k, v) for k, v in access.items() if v is not None)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=str)
+        # ASCII only: no U+0085 or U+2028 that a reader could take for a line break.
+        return json.dumps(out, ensure_ascii=True, separators=(",", ":"), default=str)
 
 
 class TextFormatter(logging.Formatter):

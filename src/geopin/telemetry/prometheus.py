@@ -195,8 +195,11 @@ def render(families: Iterable[Family]) -> str:
         lines.append(f"# TYPE {family.name} {family.kind}")
         for suffix, labels, value in family.samples:
             text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-            lines.append(f"{family.name}{suffix}{{{text}}} {_number(value)}" if text else
-                         f"{family.name}{suffix} {_number(value)}")  # fmt: skip
+            lines.append(
+                f"{family.name}{suffix}{{{text}}} {_number(value)}"
+                if text
+                else f"{family.name}{suffix} {_number(value)}"
+            )
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -274,8 +277,10 @@ class WorkerSnapshots:
                     path.unlink(missing_ok=True)
                     continue
                 payload = json.loads(path.read_text(encoding="utf-8"))
-                families = [Family(n, k, h, [(s, dict(lb), v) for s, lb, v in samples])
-                            for n, k, h, samples in payload]  # fmt: skip
+                families = [
+                    Family(n, k, h, [(s, dict(lb), v) for s, lb, v in samples])
+                    for n, k, h, samples in payload
+                ]
             except (OSError, ValueError, TypeError) as exc:
                 log.debug("skipping metrics snapshot %s: %s", path, exc)
                 continue
