@@ -1,0 +1,445 @@
+"""The proxy path end to end: the router and mock upstreams as real servers on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.proxy.conftest import (
+    Router,
+    audit_records,
+    chat_body,
+    endpoint_yaml,
+    last_request,
+    requests_seen,
+    start_router,
+    write_policy,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def upstreams(mocks):
+    """Two EU endpoints (Sweden, Germany on Azure) and one in the US."""
+    return {
+        "eu-se": mocks("eu-se"),
+        "eu-de": mocks("eu-de"),
+        "us": mocks("us"),
+    }
+
+
+def _catalogue(upstreams) -> list[dict]:
+    return [
+        endpoint_yaml("eu-se", upstreams["eu-se"].url + "/v1", "SE", credentials={"env": "SE_KEY"}),
+        endpoint_yaml(
+            "eu-de", upstreams["eu-de"].url, "DE", kind="azure-openai",
+            credentials={"env": "DE_KEY"},
+        ),
+        endpoint_yaml("us", upstreams["us"].url + "/v1", "US", credentials={"env": "US_KEY"}),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def router(tmp_path, upstreams, monkeypatch):
+    for name, value in (("SE_KEY", "sk-se"), ("DE_KEY", "az-de"), ("US_KEY", "sk-us")):
+        monkeypatch.setenv(name, value)
+    policy = write_policy(
+        tmp_path / "policy",
+        _catalogue(upstreams),
+        data_classes=["internal", "pii"],
+        tenants={"t2": {"rules": [{"id": "t2-only-se", "process_in": ["SE"], "reason": "c"}]}},
+    )
+    router = start_router(tmp_path, policy, tenants=("t1", "t2"))
+    yield router
+    router.stop()
+
+
+def test_routes_by_location_and_rewrites_model_and_credentials(router: Router, upstreams):
+    de = router.post(headers=router.headers(country="DE"))
+    assert de.status_code == 200, de.text
+    assert de.headers["x-geopin-endpoint"] == "eu-de"
+    assert de.headers["x-geopin-processing-country"] == "DE"
+    assert de.json()["region"] == "eu-de"
+    seen = last_request(upstreams["eu-de"])
+    assert seen["path"] == "/openai/deployments/gpt-4o-eu-de/chat/completions"
+    assert seen["query"] == {"api-version": "2024-10-21"}
+    assert seen["headers"]["api-key"] == "az-de"
+    assert "authorization" not in seen["headers"]  # the router key never reaches an upstream
+    assert seen["json"]["model"] == "gpt-4o-eu-de"
+
+    us = router.post(headers=router.headers(country="US"))
+    assert us.headers["x-geopin-endpoint"] == "us"
+    seen = last_request(upstreams["us"])
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["headers"]["authorization"] == "Bearer sk-us"
+    assert seen["json"] == chat_body(model="gpt-4o-us")
+    assert seen["headers"]["host"] == upstreams["us"].url.removeprefix("http://")
+
+
+def test_a_decision_and_its_outcome_are_recorded(router: Router, tmp_path):
+    response = router.post(headers=router.headers(country="SE"))
+    decision_id = response.headers["x-geopin-decision-id"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = [r for r in audit_records(tmp_path) if r["decision_id"] == decision_id]
+        if len(records) == 2:
+            break
+        time.sleep(0.05)
+    decision, outcome = records
+    assert decision["kind"] == "decision" and decision["country"] == "SE"
+    assert decision["tenant"] == "t1" and decision["candidates"] == ["eu-se", "eu-de"]
+    assert outcome["kind"] == "outcome" and outcome["endpoint"] == "eu-se"
+    assert outcome["status"] == 200 and outcome["usage"]["total_tokens"] > 0
+
+
+def test_streaming_passes_chunks_before_the_stream_ends(mocks, tmp_path):
+    slow = mocks("eu-se", stream_chunks=6, chunk_delay_ms=150)
+    policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", slow.url + "/v1", "SE")])
+    router = start_router(tmp_path, policy)
+    try:
+        arrivals = []
+        started = time.monotonic()
+        with httpx.stream(
+            "POST",
+            router.url + "/v1/chat/completions",
+            json=chat_body(stream=True),
+            headers=router.headers(country="SE"),
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["x-geopin-endpoint"] == "eu-se"
+            for chunk in response.iter_raw():
+                arrivals.append((time.monotonic() - started, chunk))
+        assert b"[DONE]" in arrivals[-1][1]
+        # The first event arrived while the upstream was still producing the rest.
+        assert arrivals[-1][0] - arrivals[0][0] > 0.5
+    finally:
+        router.stop()
+
+
+def test_denied_request_gets_451_that_explains_itself(router: Router, upstreams):
+    before = {name: requests_seen(m) for name, m in upstreams.items()}
+    response = router.post(headers=router.headers(country="RU"))
+    assert response.status_code == 451
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["link"] == '</_geopin/policy/rules/ru-deny>; rel="blocked-by"'
+    error = response.json()["error"]
+    assert error["type"] == "unavailable_for_legal_reasons"
+    assert error["code"] == "rule_deny"
+    assert error["rule"] == "ru-deny"
+    assert error["legal_basis"] == "Sanctions programme"
+    assert error["decision_id"] == response.headers["x-geopin-decision-id"]
+    assert {name: requests_seen(m) for name, m in upstreams.items()} == before
+    rule = router.admin("GET", "/_geopin/policy/rules/ru-deny").json()
+    assert rule["reason"] == "Service is not offered in Russia"
+
+
+def test_unknown_model_is_404(router: Router):
+    response = router.post(json_body=chat_body(model="nope"), headers=router.headers(country="SE"))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert "x-geopin-decision-id" in response.headers
+
+
+def test_503_when_every_compliant_endpoint_is_down_and_no_fallback_elsewhere(router, upstreams):
+    for name in ("eu-se", "eu-de"):
+        httpx.post(upstreams[name].url + "/_mock/fail")
+    us_before = requests_seen(upstreams["us"])
+    response = router.post(headers=router.headers(country="SE"))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "no_endpoint_available"
+    assert requests_seen(upstreams["us"]) == us_before
+    assert last_request(upstreams["us"]) is None
+
+
+def test_failover_stays_inside_the_permitted_set(router: Router, upstreams, tmp_path):
+    first = router.post(headers=router.headers(country="DE"))
+    assert first.headers["x-geopin-endpoint"] == "eu-de"
+    httpx.post(upstreams["eu-de"].url + "/_mock/fail")
+    for _ in range(8):
+        response = router.post(headers=router.headers(country="DE"))
+        assert response.status_code == 200
+        assert response.headers["x-geopin-endpoint"] == "eu-se"
+    assert last_request(upstreams["us"]) is None
+    decision_id = response.headers["x-geopin-decision-id"]
+    deadline = time.monotonic() + 5
+    outcome = None
+    while outcome is None and time.monotonic() < deadline:
+        found = [
+            r
+            for r in audit_records(tmp_path)
+            if r["decision_id"] == decision_id and r["kind"] == "outcome"
+        ]
+        outcome = found[0] if found else None
+        time.sleep(0.05)
+    assert outcome is not None and outcome["endpoint"] == "eu-se"
+    board = router.admin("GET", "/_geopin/endpoints").json()["endpoints"]
+    assert {e["id"]: e["state"] for e in board}["eu-de"] == "open"
+
+
+def test_router_keys_identify_the_tenant(router: Router, upstreams):
+    assert router.post(headers={"cf-ipcountry": "SE"}).status_code == 401
+    bad = router.post(headers={"cf-ipcountry": "SE", "authorization": "Bearer gpk_nope"})
+    assert bad.status_code == 401
+    assert bad.json()["error"]["type"] == "authentication_error"
+    # t2's contract pins it to Sweden, even from Germany; a header cannot claim another tenant.
+    pinned = router.post(headers=router.headers("t2", country="DE", x_geopin_tenant="t1"))
+    assert pinned.headers["x-geopin-endpoint"] == "eu-se"
+    assert (
+        router.post(headers=router.headers("t1", country="DE")).headers["x-geopin-endpoint"]
+        == "eu-de"
+    )
+
+
+def test_anonymous_requests_when_allowed(tmp_path, upstreams, monkeypatch):
+    monkeypatch.setenv("SE_KEY", "k")
+    policy = write_policy(tmp_path / "p", _catalogue(upstreams)[:1])
+    router = start_router(tmp_path, policy, auth={"allow_anonymous": True})
+    try:
+        assert router.post(headers={"cf-ipcountry": "SE"}).status_code == 200
+        wrong = router.post(headers={"cf-ipcountry": "SE", "x-api-key": "gpk_wrong"})
+        assert wrong.status_code == 401
+    finally:
+        router.stop()
+
+
+def test_data_class_only_restricts(tmp_path, upstreams, monkeypatch):
+    for name in ("SE_KEY", "DE_KEY", "US_KEY"):
+        monkeypatch.setenv(name, "k")
+    rules = [
+        {"id": "eu-in-eu", "from": ["EU"], "process_in": ["EU"], "reason": "r"},
+        {"id": "pii-de", "from": ["EU"], "data_classes": ["pii"], "process_in": ["DE"],
+         "reason": "pii stays in Germany"},
+    ]  # fmt: skip
+    policy = write_policy(
+        tmp_path / "p", _catalogue(upstreams), rules=rules, data_classes=["internal", "pii"]
+    )
+    router = start_router(tmp_path, policy)
+    try:
+        plain = router.post(headers=router.headers(country="SE"))
+        assert plain.headers["x-geopin-endpoint"] == "eu-se"
+        pii = router.post(headers=router.headers(country="SE", x_geopin_data_class="pii"))
+        assert pii.headers["x-geopin-endpoint"] == "eu-de"
+        internal = router.post(headers=router.headers(country="SE", x_geopin_data_class="internal"))
+        assert internal.headers["x-geopin-endpoint"] == "eu-se"
+        bad = router.post(headers=router.headers(country="SE", x_geopin_data_class="public!"))
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "invalid_data_class"
+        # The data class header itself is geopin's: it does not reach the upstream.
+        assert "x-geopin-data-class" not in last_request(upstreams["eu-de"])["headers"]
+    finally:
+        router.stop()
+
+
+def test_models_lists_only_what_this_client_may_reach(router: Router):
+    models = httpx.get(router.url + "/v1/models", headers=router.headers(country="SE")).json()
+    assert [m["id"] for m in models["data"]] == ["gpt-4o"]
+    ru = httpx.get(router.url + "/v1/models", headers=router.headers(country="RU")).json()
+    assert ru["data"] == []
+
+
+def test_bad_bodies_get_clear_4xx_and_the_router_keeps_serving(tmp_path, upstreams, monkeypatch):
+    monkeypatch.setenv("SE_KEY", "k")
+    policy = write_policy(tmp_path / "p", _catalogue(upstreams)[:1])
+    router = start_router(tmp_path, policy, limits={"max_body_bytes": 1000})
+    try:
+        headers = router.headers(country="SE")
+        big = router.post(json_body=chat_body(padding="x" * 5000), headers=headers)
+        assert big.status_code == 413
+        assert big.json()["error"]["code"] == "request_too_large"
+        bad = httpx.post(router.url + "/v1/chat/completions", content=b"{not json", headers=headers)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+        nomodel = router.post(json_body={"messages": []}, headers=headers)
+        assert nomodel.status_code == 400 and nomodel.json()["error"]["param"] == "model"
+        numeric = router.post(json_body={"model": 4}, headers=headers)
+        assert numeric.status_code == 400
+        # A chunked upload beyond the limit is cut off too.
+        chunked = httpx.post(
+            router.url + "/v1/chat/completions",
+            content=iter([b'{"model": "gpt-4o", "x": "', b"y" * 2000, b'"}']),
+            headers=headers,
+        )
+        assert chunked.status_code == 413
+        assert router.post(headers=headers).status_code == 200
+    finally:
+        router.stop()
+
+
+def _raw_request(url: str, head: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and b"content-length" not in data.lower():
+                break
+        return data
+
+
+def test_header_injection_is_rejected_and_hop_by_hop_headers_are_not_forwarded(
+    router: Router, upstreams
+):
+    body = b'{"model": "gpt-4o", "messages": []}'
+    injected = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nCF-IPCountry: SE\r\n"
+        b"X-Evil: a\rInjected: b\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    assert _raw_request(router.url, injected).startswith(b"HTTP/1.1 400")
+    before = requests_seen(upstreams["eu-se"])
+    response = router.post(
+        headers={
+            **router.headers(country="SE"),
+            "connection": "keep-alive, x-private",
+            "x-private": "secret",
+            "keep-alive": "timeout=5",
+            "te": "trailers",
+            "x-forwarded-for": "203.0.113.9",
+            "x-forwarded-host": "evil.example",
+            "forwarded": "for=203.0.113.9",
+            "x-real-ip": "203.0.113.9",
+            "x-api-key": router.keys["t1"],  # the same key, as Anthropic SDKs send it
+            "cookie": "session=1",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        }
+    )
+    assert response.status_code == 200
+    assert requests_seen(upstreams["eu-se"]) == before + 1
+    seen = last_request(upstreams["eu-se"])["headers"]
+    for name in (
+        "x-private", "keep-alive", "te", "x-forwarded-for", "x-forwarded-host", "forwarded",
+        "x-real-ip", "x-api-key", "cookie", "cf-ipcountry",
+    ):  # fmt: skip
+        assert name not in seen, name
+    assert seen["authorization"] == "Bearer sk-se"
+    assert seen["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+
+
+def test_spoofed_forwarding_headers_are_ignored(tmp_path, upstreams, monkeypatch):
+    for name in ("SE_KEY", "DE_KEY", "US_KEY"):
+        monkeypatch.setenv(name, "k")
+    policy = write_policy(tmp_path / "p", _catalogue(upstreams))
+    router = start_router(tmp_path, policy, trusted_cdns=["127.0.0.2"])
+    try:
+        spoofed = router.post(
+            headers=router.headers(x_forwarded_for="81.2.69.142", cf_ipcountry="SE")
+        )
+        assert spoofed.status_code == 451  # the loopback peer has no location: fail closed
+        assert spoofed.json()["error"]["rule"] == "defaults.unknown_location"
+        transport = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(transport=transport, timeout=30) as cdn:
+            via_cdn = cdn.post(
+                router.url + "/v1/chat/completions",
+                json=chat_body(),
+                headers=router.headers(country="SE"),
+            )
+        assert via_cdn.status_code == 200
+        assert via_cdn.headers["x-geopin-endpoint"] == "eu-se"
+    finally:
+        router.stop()
+
+
+def test_slow_upstream_times_out_into_failover_or_504(tmp_path, mocks):
+    slow = mocks("eu-slow", latency_ms=3000)
+    fast = mocks("eu-fast")
+    endpoints = [
+        endpoint_yaml("eu-slow", slow.url + "/v1", "SE", priority=1),
+        endpoint_yaml("eu-fast", fast.url + "/v1", "DE", priority=2),
+    ]
+    policy = write_policy(tmp_path / "p", endpoints)
+    router = start_router(tmp_path, policy, upstream={"read_timeout_s": 0.5})
+    try:
+        response = router.post(headers=router.headers(country="SE"))
+        assert response.status_code == 200
+        assert response.headers["x-geopin-endpoint"] == "eu-fast"
+    finally:
+        router.stop()
+    only_slow = write_policy(tmp_path / "p2", endpoints[:1])
+    router = start_router(tmp_path / "p2", only_slow, upstream={"read_timeout_s": 0.5})
+    try:
+        response = router.post(headers=router.headers(country="SE"))
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+    finally:
+        router.stop()
+
+
+def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mocks):
+    slow = mocks("eu-se", stream_chunks=40, chunk_delay_ms=100)
+    policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", slow.url + "/v1", "SE")])
+    router = start_router(tmp_path, policy)
+    try:
+        baseline = router.call(lambda: len(asyncio.all_tasks()))
+        with httpx.stream(
+            "POST",
+            router.url + "/v1/chat/completions",
+            json=chat_body(stream=True),
+            headers=router.headers(country="SE"),
+            timeout=30,
+        ) as response:
+            chunks = response.iter_raw()  # kept: dropping the generator would close the stream
+            assert next(chunks).startswith(b"data:")
+            assert router.call(lambda: router.app.runtime.client.stats().active) == 1
+        # The client is gone: within a moment the upstream connection is dropped and every
+        # task of the request has ended, long before the upstream stream would have.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            stats = router.call(lambda: router.app.runtime.client.stats())
+            tasks = router.call(lambda: len(asyncio.all_tasks()))
+            if stats.active == 0 and tasks <= baseline:
+                break
+            time.sleep(0.05)
+        assert stats.active == 0 and stats.idle == 0
+        assert tasks <= baseline
+    finally:
+        router.stop()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(failing=st.lists(st.sampled_from(["eu-se", "eu-de", "eu-ie", "us"]), unique=True))
+def test_whatever_fails_the_serving_upstream_is_a_candidate(router_4, failing):
+    router, upstreams = router_4
+    for name, mock in upstreams.items():
+        httpx.post(mock.url + ("/_mock/fail" if name in failing else "/_mock/recover"))
+    candidates = {"eu-se", "eu-de", "eu-ie"}  # what the policy permits for a client in SE
+    response = router.post(headers=router.headers(country="SE"))
+    if response.status_code == 200:
+        served = response.headers["x-geopin-endpoint"]
+        assert served in candidates and served not in failing
+        assert response.json()["region"] == served
+    else:
+        # Every candidate failed, or its breaker is still open from earlier failures.
+        assert response.status_code == 503 and "retry-after" in response.headers
+    assert router.post(headers=router.headers(country="US")).headers.get("x-geopin-endpoint") in (
+        None,
+        "us",
+    )
+
+
+@pytest.fixture
+def router_4(tmp_path_factory, mocks):
+    tmp: Path = tmp_path_factory.mktemp("four")
+    upstreams = {name: mocks(name) for name in ("eu-se", "eu-de", "eu-ie", "us")}
+    endpoints = [
+        endpoint_yaml("eu-se", upstreams["eu-se"].url + "/v1", "SE"),
+        endpoint_yaml("eu-de", upstreams["eu-de"].url + "/v1", "DE"),
+        endpoint_yaml("eu-ie", upstreams["eu-ie"].url + "/v1", "IE"),
+        endpoint_yaml("us", upstreams["us"].url + "/v1", "US"),
+    ]
+    router = start_router(tmp, write_policy(tmp / "p", endpoints))
+    yield router, upstreams
+    router.stop()
