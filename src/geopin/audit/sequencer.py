@@ -163,7 +163,8 @@ class Sequencer:
         frontier = load_frontier(conn, size)
         bodies = [bytes(row.body) for row in fresh]
         _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
-        record_rows, rule_rows = [], []
+        record_rows: list[dict[str, object]] = []
+        rule_rows: list[dict[str, object]] = []
         for offset, body in enumerate(bodies):
             seq = size + offset
             try:

@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from geopin.audit.db import create_audit_engine
-from geopin.cli.db import db_option
+from geopin.cli.db import db_option, open_engine
 from geopin.errors import GeopinError, PolicyError
 
 EXIT_FAILED = 1
@@ -84,7 +83,7 @@ def _sequencer(url: str, key_path: str | None, checkpoint_path: str | None):
     from geopin.audit.sequencer import Sequencer
 
     key = SigningKey.load(key_path) if key_path else None
-    return Sequencer(create_audit_engine(url), signing_key=key, checkpoint_file=checkpoint_path)
+    return Sequencer(open_engine(url), signing_key=key, checkpoint_file=checkpoint_path)
 
 
 @audit.command()
@@ -143,7 +142,7 @@ def verify(url: str, public_key: str | None, checkpoint_path: str | None, fmt: s
 
     report = _guard(
         lambda: verify_log(
-            create_audit_engine(url),
+            open_engine(url),
             verifier=_verifier(public_key),
             checkpoint_file=checkpoint_path,
         )
@@ -164,9 +163,7 @@ def proof(decision_id: str, url: str, kind: str) -> None:
     """Print the proof bundle (JSON) of a decision's record, for offline checking."""
     from geopin.audit.store import AuditStore
 
-    bundle = _guard(
-        lambda: AuditStore(create_audit_engine(url)).proof_bundle(decision_id, kind=kind)
-    )
+    bundle = _guard(lambda: AuditStore(open_engine(url)).proof_bundle(decision_id, kind=kind))
     click.echo(json.dumps(bundle, indent=2, sort_keys=True))
 
 
@@ -178,7 +175,7 @@ def proof(decision_id: str, url: str, kind: str) -> None:
     envvar="GEOPIN_AUDIT_PUBLIC_KEY",
     help="Verifier key: a file or the key text.",
 )
-def verify_proof(file: io.TextIOBase, public_key: str) -> None:
+def verify_proof(file: io.TextIOWrapper, public_key: str) -> None:
     """Check a proof bundle offline, with no database ('-' reads standard input)."""
     from geopin.audit.proof import verify_bundle
 
@@ -313,7 +310,7 @@ def query(
 
     def run():
         filters = _filters(since, until, jurisdiction, policy_dir, values)
-        return query_records(create_audit_engine(url), filters, limit=limit, cursor=cursor)
+        return query_records(open_engine(url), filters, limit=limit, cursor=cursor)
 
     page = _guard(run)
     if fmt == "jsonl":
@@ -375,7 +372,7 @@ def stats(url, sequence_first, since, until, jurisdiction, policy_dir, by, fmt, 
 
     def run():
         filters = _filters(since, until, jurisdiction, policy_dir, values)
-        return run_stats(create_audit_engine(url), filters, fields)
+        return run_stats(open_engine(url), filters, fields)
 
     result = _guard(run)
     if fmt == "json":
@@ -415,7 +412,7 @@ def prune(
 
     if not yes:
         click.confirm(f"Remove the bodies of audit records before {before}?", abort=True)
-    result = _guard(lambda: run_prune(create_audit_engine(url), before))
+    result = _guard(lambda: run_prune(open_engine(url), before))
     click.echo(
         f"pruned {result.pruned} records before {result.before} (below seq {result.seq_end})"
     )

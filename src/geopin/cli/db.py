@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from sqlalchemy.engine import Engine
 
 from geopin.audit.db import DEFAULT_URL, URL_ENVVAR, create_audit_engine, redact
 from geopin.errors import GeopinError
@@ -17,6 +18,13 @@ db_option = click.option(
 )
 
 
+def open_engine(url: str) -> Engine:
+    """An engine for this command, disposed (its connections closed) when the command ends."""
+    engine = create_audit_engine(url)
+    click.get_current_context().call_on_close(engine.dispose)
+    return engine
+
+
 @click.group()
 def db() -> None:
     """Manage the audit database schema."""
@@ -29,7 +37,7 @@ def upgrade(url: str) -> None:
     from geopin.audit import migrate
 
     try:
-        engine = create_audit_engine(url)
+        engine = open_engine(url)
         before = migrate.current_revision(engine)
         migrate.upgrade(engine)
         after = migrate.current_revision(engine)
@@ -48,7 +56,7 @@ def status(url: str) -> None:
     from geopin.audit import migrate
 
     try:
-        state = migrate.status(create_audit_engine(url))
+        state = migrate.status(open_engine(url))
     except GeopinError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"database: {redact(url)}")
