@@ -72,7 +72,7 @@ def _unreachable(endpoint: str, protocol: str) -> Telemetry:
 def _check_fast_and_bounded(telemetry: Telemetry) -> None:
     times = _exercise(telemetry, seconds=2.5)
     # An export blocking the caller would cost a whole export timeout (1 s) somewhere.
-    assert max(times) < EXPORT_TIMEOUT_S / 4, max(times)
+    assert max(times) < EXPORT_TIMEOUT_S / 2, max(times)
     assert statistics.median(times) < 0.002, statistics.median(times)
     started = time.perf_counter()
     telemetry.shutdown()
