@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from geopin.errors import AuditUnavailable
+
 from .conftest import (
     Router,
     audit_records,
@@ -443,3 +445,24 @@ def router_4(tmp_path_factory, mocks):
     router = start_router(tmp, write_policy(tmp / "p", endpoints))
     yield router, upstreams
     router.stop()
+
+
+class _DownAudit:
+    """The audit database at its edge: down, and no spool."""
+
+    async def record(self, record):
+        raise AuditUnavailable("database is down")
+
+
+def test_nothing_is_forwarded_unrecorded(tmp_path, mocks):
+    se = mocks("eu-se")
+    policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", se.url + "/v1", "SE")])
+    router = start_router(tmp_path, policy, audit=_DownAudit())
+    try:
+        response = router.post(headers=router.headers(country="SE"))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "audit_unavailable"
+        assert "x-geopin-decision-id" in response.headers and "retry-after" in response.headers
+        assert last_request(se) is None
+    finally:
+        router.stop()
