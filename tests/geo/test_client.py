@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopin.errors import ConfigError
-from geopin.geo.client import ClientAddress, TrustConfig, client_address, parse_ip
+from geopin.geo.client import (
+    VIA_PEER_FALLBACK,
+    ClientAddress,
+    TrustConfig,
+    client_address,
+    parse_ip,
+)
 
 from .conftest import raw_headers
 
@@ -96,6 +102,9 @@ def test_forwarding_headers_from_a_cdn_that_is_not_a_proxy_are_ignored() -> None
         # The spoofed entry on the left is the client's own claim: never taken.
         (f"81.2.69.142, {CLIENT}", CLIENT),
         (f"81.2.69.142, {CLIENT}, 10.1.1.1", CLIENT),
+        # Junk left of the client is the client's own: ignored, not a reason to give up.
+        (f"garbage, {CLIENT}", CLIENT),
+        (f"unknown, _hidden, {CLIENT}, 10.1.1.1", CLIENT),
         # A CDN hop appended by our proxy is skipped like our own proxies.
         (f"{CLIENT}, 198.51.100.20", CLIENT),
         # All trusted: the leftmost is the best we have.
@@ -148,7 +157,6 @@ def test_x_forwarded_for_address_forms(xff: str, expected: str) -> None:
         " ",
         "garbage",
         f"{CLIENT}, garbage",
-        f"garbage, {CLIENT}",
         f"{CLIENT},,10.1.1.1",
         "unknown",
         "_hidden",
@@ -170,7 +178,61 @@ def test_x_forwarded_for_address_forms(xff: str, expected: str) -> None:
     ],
 )
 def test_malformed_x_forwarded_for_falls_back_to_the_peer(xff: str) -> None:
-    assert via(PROXY, ("x-forwarded-for", xff)) == (PROXY, "peer")
+    # Each of these is bad in the client's slot or in a hop our proxy appended.
+    assert via(PROXY, ("x-forwarded-for", xff)) == (PROXY, "peer-fallback")
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "garbage",
+        "unknown",
+        "_hidden",
+        "",
+        " ",
+        '"',
+        "for=",
+        "1.2.3.4.5",
+        "203.0.113.9:http",
+        "[2001:db8::9",
+        "2001:db8::9]",
+        "a,,b, ,c",
+        "\u00e9.1.1.1",
+        "10.1.1.1, garbage",
+        "81.2.69.142 10.1.1.1",
+    ],
+)
+@pytest.mark.parametrize("proxies", ["", ", 10.1.1.1", ", 10.1.1.1, 198.51.100.20"])
+def test_x_forwarded_for_ignores_whatever_the_client_wrote_left_of_itself(
+    junk: str, proxies: str
+) -> None:
+    xff = f"{junk}, {CLIENT}{proxies}"
+    assert via(PROXY, ("x-forwarded-for", xff)) == (CLIENT, "x-forwarded-for")
+    # Junk in a header line of its own, before the line our proxy appended, is the same.
+    got = via(PROXY, ("x-forwarded-for", junk), ("x-forwarded-for", f"{CLIENT}{proxies}"))
+    assert got == (CLIENT, "x-forwarded-for")
+
+
+@pytest.mark.parametrize(
+    "xff",
+    [
+        # The client's slot, written by our proxy, is not an address.
+        "unknown",
+        "_hidden, 10.1.1.1",
+        "garbage, 10.1.1.1, 10.2.2.2",
+        # A hop our proxy appended is not an address: the client's slot is unknowable.
+        f"{CLIENT}, unknown",
+        f"{CLIENT}, 10.1.1.1, _hidden",
+        f"{CLIENT}, 10.1.1.1:http, 10.2.2.2",
+        f"{CLIENT}, 10.1.1.1, ",
+        # All trusted, then junk: the walk reads the junk as the client's slot.
+        "junk, 10.9.9.9, 10.1.1.1",
+    ],
+)
+def test_a_malformed_entry_the_walk_reads_is_a_marked_peer_fallback(xff: str) -> None:
+    result = client_address(PROXY, raw_headers(("x-forwarded-for", xff)), TRUST)
+    assert result == ClientAddress(ip_address(PROXY), VIA_PEER_FALLBACK)
+    assert VIA_PEER_FALLBACK == "peer-fallback"
 
 
 @pytest.mark.parametrize(
@@ -189,6 +251,9 @@ def test_malformed_x_forwarded_for_falls_back_to_the_peer(xff: str) -> None:
         (f'for={CLIENT};host="a \\"quoted\\" host", for=10.1.1.1', CLIENT),
         (f"for=81.2.69.142, for={CLIENT}, for=10.1.1.1", CLIENT),
         (f"for=81.2.69.142 ,\tfor={CLIENT} ; proto=http", CLIENT),
+        # Junk left of the client is the client's own: ignored, not a reason to give up.
+        (f"for=_hidden, for={CLIENT}", CLIENT),
+        (f",for={CLIENT}", CLIENT),
         ("for=10.9.9.9, for=10.1.1.1", "10.9.9.9"),
         ('for="[::ffff:203.0.113.9]"', CLIENT),
     ],
@@ -212,12 +277,10 @@ def test_forwarded_lines_join_in_order() -> None:
         'for="unknown"',
         "for=_hidden",
         'for="_SEVKISEK"',
-        f"for=_hidden, for={CLIENT}",
         "proto=https",
         f"for={CLIENT};for=81.2.69.142",
         f"for={CLIENT}, proto=https",
         f"for={CLIENT},",
-        f",for={CLIENT}",
         f"for={CLIENT};",
         f"for {CLIENT}",
         f'for="{CLIENT}',
@@ -236,7 +299,71 @@ def test_forwarded_lines_join_in_order() -> None:
     ],
 )
 def test_malformed_forwarded_falls_back_to_the_peer(forwarded: str) -> None:
-    assert via(PROXY, ("forwarded", forwarded)) == (PROXY, "peer")
+    assert via(PROXY, ("forwarded", forwarded)) == (PROXY, "peer-fallback")
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "for=_hidden",
+        "for=unknown",
+        'for="unknown"',
+        "garbage",
+        "proto=https",
+        "",
+        ";;=",
+        "for=2001:db8::17",
+        'for="[2001:db8::17"',
+        # An unterminated quote must not swallow the elements our proxies appended.
+        'for="',
+        'for="81.2.69.142',
+        'host="a\\", for=81.2.69.142',
+        # A quoted comma, so a left-to-right split would see a different list.
+        'host="a, for=81.2.69.142"',
+        'for=81.2.69.142;host="x\\"',
+        "\\",
+    ],
+)
+@pytest.mark.parametrize("proxies", ["", ", for=10.1.1.1;proto=https", ', for="[fd00::6]:443"'])
+def test_forwarded_ignores_whatever_the_client_wrote_left_of_itself(
+    junk: str, proxies: str
+) -> None:
+    forwarded = f"{junk}, for={CLIENT}{proxies}"
+    assert via(PROXY, ("forwarded", forwarded)) == (CLIENT, "forwarded")
+    got = via(PROXY, ("forwarded", junk), ("forwarded", f"for={CLIENT}{proxies}"))
+    assert got == (CLIENT, "forwarded")
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "expected"),
+    [
+        # Quoted commas and escaped quotes inside elements our proxies wrote.
+        (f'for=81.2.69.142, for={CLIENT};host="a,b", for=10.1.1.1', CLIENT),
+        (f'for="[2001:db8::9]", for={CLIENT};host="a\\",b\\\\"', CLIENT),
+        (f'for="81.2.69.142", for="{CLIENT}:4711", for="10.1.1.1";host="x,\\"y"', CLIENT),
+    ],
+)
+def test_forwarded_elements_split_on_commas_outside_quotes(forwarded: str, expected: str) -> None:
+    assert via(PROXY, ("forwarded", forwarded)) == (expected, "forwarded")
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        f"for={CLIENT}, for=_hidden",
+        f"for={CLIENT}, for=unknown;proto=https",
+        f"for={CLIENT}, proto=https;by=10.0.0.5",
+        "for=_hidden, for=10.1.1.1",
+        f'for={CLIENT}, for="10.1.1.1',
+        f'for={CLIENT}, for="10.1.1.1:80"x',
+        f"for={CLIENT}, for=10.1.1.1;for=10.2.2.2",
+        "junk, for=10.9.9.9, for=10.1.1.1",
+    ],
+)
+def test_a_malformed_forwarded_element_the_walk_reads_is_a_marked_peer_fallback(
+    forwarded: str,
+) -> None:
+    assert via(PROXY, ("forwarded", forwarded)) == (PROXY, "peer-fallback")
 
 
 def test_forwarded_is_preferred_over_x_forwarded_for() -> None:
@@ -246,7 +373,16 @@ def test_forwarded_is_preferred_over_x_forwarded_for() -> None:
 
 def test_a_malformed_forwarded_does_not_fall_back_to_x_forwarded_for() -> None:
     got = via(PROXY, ("x-forwarded-for", CLIENT), ("forwarded", "for=_hidden"))
-    assert got == (PROXY, "peer")
+    assert got == (PROXY, "peer-fallback")
+    # Junk left of a valid client does not make Forwarded malformed.
+    got = via(PROXY, ("x-forwarded-for", "81.2.69.142"), ("forwarded", f"for=_x, for={CLIENT}"))
+    assert got == (CLIENT, "forwarded")
+
+
+def test_a_trusted_proxy_without_forwarding_headers_is_the_peer_unmarked() -> None:
+    # The marker means "a list was there and could not be read", not "no list".
+    assert via(PROXY) == (PROXY, "peer")
+    assert via(PROXY, ("host", "geopin.example"), ("x-real-ip", "81.2.69.142")) == (PROXY, "peer")
 
 
 def test_header_names_in_any_case_are_read() -> None:
@@ -404,7 +540,7 @@ def test_property_a_trusted_peer_never_invents_an_address(peer: str, headers) ->
     # Whatever the headers, the answer is the peer or an address that appears in them.
     result = client_address(peer, headers, TRUST)
     assert result.ip is not None
-    if result.via == "peer":
+    if result.via in ("peer", "peer-fallback"):
         assert result.ip == ip_address(peer)
     else:
         values = b" ".join(value for name, value in headers if name == result.via.encode())
@@ -422,3 +558,56 @@ def _expanded_in(ip, text: str) -> bool:
             if parse_ip(candidate) == ip:
                 return True
     return False
+
+
+_trusted_hops = st.one_of(
+    st.ip_addresses(network="10.0.0.0/8"),
+    st.ip_addresses(network="fd00::/8"),
+    st.ip_addresses(network="198.51.100.0/24"),
+    st.ip_addresses(network="2001:db8:cd::/48"),
+)
+_untrusted_clients = st.ip_addresses().filter(
+    lambda ip: not TRUST.is_proxy(parse_ip(str(ip))) and not TRUST.is_cdn(parse_ip(str(ip)))
+)
+_ports = st.integers(1, 65535)
+# Anything a client can put in a header value, weighted towards the characters that matter.
+_client_text = st.one_of(
+    st.text(st.characters(max_codepoint=255), max_size=40),
+    st.text(st.sampled_from(',;="\\[]:_ \tfor=unknown10.2.3'), max_size=40),
+)
+
+
+def _xff_entry(ip, port: int, form: int) -> str:
+    if ip.version == 4:
+        return str(ip) if form % 2 else f"{ip}:{port}"
+    return (str(ip), f"[{ip}]", f"[{ip}]:{port}")[form % 3]
+
+
+def _forwarded_element(ip, port: int, form: int) -> str:
+    if ip.version == 4:
+        node = (str(ip), f'"{ip}"', f'"{ip}:{port}"')[form % 3]
+    else:
+        node = (f'"[{ip}]"', f'"[{ip}]:{port}"')[form % 2]
+    return (f"for={node}", f"for={node};proto=https", f'host="a,b";for={node}')[form % 3]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    header=st.sampled_from(["x-forwarded-for", "forwarded"]),
+    client=_untrusted_clients,
+    proxies=st.lists(st.tuples(_trusted_hops, _ports, st.integers(0, 5)), max_size=4),
+    port=_ports,
+    form=st.integers(0, 5),
+    prefix=st.none() | _client_text,
+    separator=st.sampled_from([", ", ","]),
+)
+def test_property_nothing_the_client_prepends_moves_it(
+    header: str, client, proxies, port: int, form: int, prefix: str | None, separator: str
+) -> None:
+    # Our proxies appended the client's address and then their own hops; the client wrote
+    # only what is left of its address, and however odd that is, it is ignored.
+    entry = _forwarded_element if header == "forwarded" else _xff_entry
+    appended = [entry(client, port, form)] + [entry(*hop) for hop in proxies]
+    value = separator.join(appended if prefix is None else [prefix, *appended])
+    result = client_address(PROXY, [(header.encode(), value.encode("latin-1"))], TRUST)
+    assert result == ClientAddress(parse_ip(str(client)), header)

@@ -3,8 +3,27 @@
 Forwarding headers are written by whoever sent the request, so they are read only when the
 socket peer is one the operator trusts: ``X-Forwarded-For`` and ``Forwarded`` from a peer in
 ``trusted_proxies``, the CDN's own client-address headers from a peer in ``trusted_cdns``.
-Walking a forwarding chain, hops in either list are skipped: a CDN edge our proxy reports is
-as trustworthy as the proxy itself. From anyone else the headers are ignored.
+From anyone else the headers are ignored.
+
+A forwarding list is walked from the right (rightmost-untrusted). Each hop appends on the
+right, so while the walk passes hops in either trust list it reads only what our own proxies
+wrote (a CDN edge our proxy reports is as trustworthy as the proxy itself), and the first
+untrusted entry is the client. Everything left of it is the client's own text: it is never parsed, so junk,
+``unknown``, ``_hidden`` or an unterminated quote there change nothing. ``Forwarded`` elements
+are split on commas outside quoted strings, scanning leftwards, so a quote the client opens
+cannot swallow the elements our proxies appended after it. When every entry is trusted, the
+leftmost is the best there is.
+
+Only an entry the walk has to read can make it fail: the client's slot or a hop on the way,
+both written by our own proxies. Then the result is the peer, never a guess, marked
+``via="peer-fallback"`` so callers can tell it from a direct connection. The client cannot
+provoke this, nor steer where it is located: it controls only what is left of the first
+untrusted entry, which the walk never reaches. (Rejecting the whole list for a bad entry
+anywhere would let a client that writes junk on its own left be located wherever our proxy
+stands.) A malformed ``Forwarded`` never falls back to ``X-Forwarded-For``: when it is
+present it is the list our proxies keep, and an ``X-Forwarded-For`` beside it may be the
+client's alone.
+
 Called on every request: the untrusted-peer path does one cached parse and one range check.
 """
 
@@ -21,6 +40,8 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 VIA_PEER = "peer"
+# The peer, because a forwarding entry the walk had to read was malformed.
+VIA_PEER_FALLBACK = "peer-fallback"
 VIA_FORWARDED = "forwarded"
 VIA_X_FORWARDED_FOR = "x-forwarded-for"
 # Single-address headers set by the CDN itself, in order of preference.
@@ -106,7 +127,11 @@ def _network(entry: str, what: str) -> IPNetwork:
 
 @dataclass(frozen=True, slots=True)
 class ClientAddress:
-    """The client's address and the header it came from (``"peer"`` for the socket)."""
+    """The client's address and the header it came from.
+
+    ``"peer"`` for the socket, ``"peer-fallback"`` for the socket after a trusted proxy's
+    forwarding list could not be read.
+    """
 
     ip: IPAddress | None
     via: str
@@ -120,7 +145,8 @@ def client_address(
 ) -> ClientAddress:
     """The client's address for a request from ``peer`` with ASGI raw ``headers``.
 
-    A malformed header from a trusted peer yields the peer itself: never a guess.
+    A malformed header from a trusted peer yields the peer itself: never a guess. For a
+    forwarding list that is marked ``"peer-fallback"``; see the module docstring.
     """
     return resolve_client(peer, headers, trust)[0]
 
@@ -187,16 +213,16 @@ def _from_headers(
             return ClientAddress(ip, header) if ip is not None else peer
     if is_proxy:
         if _FORWARDED in seen:
-            hops = _forwarded_hops(_joined(seen[_FORWARDED]))
+            ip = _walk_forwarded(_joined(seen[_FORWARDED]), trust._hops)
             via = VIA_FORWARDED
         elif _X_FORWARDED_FOR in seen:
-            hops = _x_forwarded_for_hops(_joined(seen[_X_FORWARDED_FOR]))
+            ip = _walk_x_forwarded_for(_joined(seen[_X_FORWARDED_FOR]), trust._hops)
             via = VIA_X_FORWARDED_FOR
         else:
             return peer
-        if hops is None:
-            return peer
-        return ClientAddress(_rightmost_untrusted(hops, trust), via)
+        if ip is None:
+            return ClientAddress(peer.ip, VIA_PEER_FALLBACK)
+        return ClientAddress(ip, via)
     return peer
 
 
@@ -205,13 +231,70 @@ def _joined(values: list[bytes]) -> str:
     return ", ".join(value.decode("latin-1") for value in values)
 
 
-def _rightmost_untrusted(hops: tuple[IPAddress, ...], trust: TrustConfig) -> IPAddress:
-    # Hops to the right were appended by our own proxies; the first one that is not ours
-    # is the last address anyone trustworthy saw. Everything left of it is hearsay.
-    for hop in reversed(hops):
-        if hop not in trust._hops:
-            return hop
-    return hops[0]
+def _walk_x_forwarded_for(value: str, hops: _Ranges) -> IPAddress | None:
+    """The rightmost untrusted entry, the leftmost if all are trusted; None if one read is bad."""
+    end = len(value)
+    while True:
+        start, ip = _x_forwarded_for_step(value, end)
+        if ip is None or start == 0 or ip not in hops:
+            return ip
+        end = start - 1
+
+
+def _walk_forwarded(value: str, hops: _Ranges) -> IPAddress | None:
+    """:func:`_walk_x_forwarded_for` over ``Forwarded`` elements."""
+    end = len(value)
+    while True:
+        start, ip = _forwarded_step(value, end)
+        if ip is None or start == 0 or ip not in hops:
+            return ip
+        end = start - 1
+
+
+# Header values repeat per client behind the same proxies; caching spares the scan and the
+# parse. Only entries the walk reads are looked at, and those our own proxies wrote.
+@lru_cache(maxsize=4096)
+def _x_forwarded_for_step(value: str, end: int) -> tuple[int, IPAddress | None]:
+    """Where the entry ending at ``end`` starts, and its address (None when malformed)."""
+    start = value.rfind(",", 0, end) + 1
+    return start, _node(value[start:end].strip(), bracketed_ipv6_only=False)
+
+
+@lru_cache(maxsize=4096)
+def _forwarded_step(value: str, end: int) -> tuple[int, IPAddress | None]:
+    """Where the element ending at ``end`` starts, and its address (None when malformed)."""
+    start = _element_start(value, end)
+    if start is None:
+        return 0, None
+    nodes = _forwarded_for_values(value[start:end])
+    if nodes is None or len(nodes) != 1:
+        return start, None
+    return start, _node(nodes[0], bracketed_ipv6_only=True)
+
+
+def _element_start(value: str, end: int) -> int | None:
+    """Where the element ending at ``end`` starts: after the nearest comma outside quotes.
+
+    Scanned leftwards, so only this element is looked at: a well-formed element is delimited
+    the same whatever precedes it. None when a closing quote has no opening one.
+    """
+    i = end
+    while True:
+        comma = value.rfind(",", 0, i)
+        quote = value.rfind('"', 0, i)
+        if quote <= comma:
+            return comma + 1
+        # A closing quote: its opening quote is the nearest one not escaped by a backslash.
+        while True:
+            quote = value.rfind('"', 0, quote)
+            if quote < 0:
+                return None
+            backslash = quote
+            while backslash > 0 and value[backslash - 1] == "\\":
+                backslash -= 1
+            if (quote - backslash) % 2 == 0:
+                break
+        i = quote
 
 
 def _cdn_address(name: bytes, value: bytes) -> IPAddress | None:
@@ -225,36 +308,10 @@ def _cdn_address(name: bytes, value: bytes) -> IPAddress | None:
     return parse_ip(text)
 
 
-# Header values repeat per client behind the same proxies; caching spares the parse.
-@lru_cache(maxsize=4096)
-def _x_forwarded_for_hops(value: str) -> tuple[IPAddress, ...] | None:
-    hops = []
-    for item in value.split(","):
-        ip = _node(item.strip(), bracketed_ipv6_only=False)
-        if ip is None:
-            return None
-        hops.append(ip)
-    return tuple(hops)
-
-
-@lru_cache(maxsize=4096)
-def _forwarded_hops(value: str) -> tuple[IPAddress, ...] | None:
-    nodes = _forwarded_for_values(value)
-    if nodes is None:
-        return None
-    hops = []
-    for node in nodes:
-        ip = _node(node, bracketed_ipv6_only=True)
-        if ip is None:
-            return None
-        hops.append(ip)
-    return tuple(hops)
-
-
 def _node(text: str, *, bracketed_ipv6_only: bool) -> IPAddress | None:
     """One hop: ``1.2.3.4``, ``1.2.3.4:80``, ``[v6]``, ``[v6]:80``, and bare ``v6`` in XFF.
 
-    ``unknown`` and obfuscated ``_names`` are not addresses, so they make the list unusable.
+    ``unknown`` and obfuscated ``_names`` are not addresses: where the walk reads one, it stops.
     """
     if not text:
         return None
