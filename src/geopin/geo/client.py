@@ -8,11 +8,11 @@ From anyone else the headers are ignored.
 A forwarding list is walked from the right (rightmost-untrusted). Each hop appends on the
 right, so while the walk passes hops in either trust list it reads only what our own proxies
 wrote (a CDN edge our proxy reports is as trustworthy as the proxy itself), and the first
-untrusted entry is the client. Everything left of it is the client's own text: it is never parsed, so junk,
-``unknown``, ``_hidden`` or an unterminated quote there change nothing. ``Forwarded`` elements
-are split on commas outside quoted strings, scanning leftwards, so a quote the client opens
-cannot swallow the elements our proxies appended after it. When every entry is trusted, the
-leftmost is the best there is.
+untrusted entry is the client. Everything left of it is the client's own text: it is never
+parsed, so junk, ``unknown``, ``_hidden`` or an unterminated quote there change nothing.
+``Forwarded`` elements are split on commas outside quoted strings, scanning leftwards, so a
+quote the client opens cannot swallow the elements our proxies appended after it. When every
+entry is trusted, the leftmost is the best there is.
 
 Only an entry the walk has to read can make it fail: the client's slot or a hop on the way,
 both written by our own proxies. Then the result is the peer, never a guess, marked
