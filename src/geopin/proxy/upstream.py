@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -130,7 +131,7 @@ def read_credential(ref: CredentialRef) -> str:
             raise ConfigError(f"credential {ref.describe()} is not set")
         return value
     try:
-        value = open(ref.file or "", encoding="utf-8").read().strip()  # noqa: SIM115
+        value = Path(ref.file or "").read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"credential {ref.describe()} cannot be read: {exc.strerror}") from exc
     if not value:
