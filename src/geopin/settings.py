@@ -30,78 +30,93 @@ class _Section(BaseModel):
 
 class AuthSettings(_Section):
     allow_anonymous: bool = Field(
-        False, description="Serve requests without a router key (their tenant is none)."
+        default=False, description="Serve requests without a router key (their tenant is none)."
     )
 
 
 class LimitSettings(_Section):
     max_body_bytes: int = Field(
-        8 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)."
+        default=8 * 1024 * 1024, gt=0, description="Largest request body accepted (413 beyond)."
     )
 
 
 class UpstreamSettings(_Section):
-    connect_timeout_s: float = Field(5.0, gt=0, description="Time to connect to an endpoint.")
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Time to connect to an endpoint."
+    )
     read_timeout_s: float = Field(
-        120.0, gt=0, description="Time to wait for the response head and for each later chunk."
+        default=120.0,
+        gt=0,
+        description="Time to wait for the response head and for each later chunk.",
     )
-    max_attempts: int = Field(3, ge=1, description="Endpoints tried per request (failover).")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Endpoints tried per request (failover)."
+    )
     max_idle_connections: int = Field(
-        64, ge=0, description="Keep-alive connections pooled per endpoint origin."
+        default=64, ge=0, description="Keep-alive connections pooled per endpoint origin."
     )
-    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with a 503.")
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with a 503.")
 
 
 class ProbeSettings(_Section):
-    enabled: bool = Field(True, description="Probe every endpoint actively.")
-    interval_s: float = Field(10.0, gt=0, description="Time between probes of one endpoint.")
-    timeout_s: float = Field(2.0, gt=0, description="Time a probe may take.")
+    enabled: bool = Field(default=True, description="Probe every endpoint actively.")
+    interval_s: float = Field(
+        default=10.0, gt=0, description="Time between probes of one endpoint."
+    )
+    timeout_s: float = Field(default=2.0, gt=0, description="Time a probe may take.")
 
 
 class ReloadSettings(_Section):
     poll_interval_s: float = Field(
-        2.0, ge=0, description="How often policy, GeoIP and keys files are checked (0: never)."
+        default=2.0,
+        ge=0,
+        description="How often policy, GeoIP and keys files are checked (0: never).",
     )
 
 
 class AuditSettings(_Section):
     database_url: SecretStr = Field(
-        SecretStr("sqlite:///geopin-audit.db"),
+        default=SecretStr("sqlite:///geopin-audit.db"),
         description="SQLAlchemy URL of the audit database (SQLite or PostgreSQL).",
     )
     spool: Path | None = Field(
-        None, description="File where records wait while the database is down (else: 503)."
+        default=None, description="File where records wait while the database is down (else: 503)."
     )
     client_key: SecretStr | None = Field(
-        None, description="HMAC key for client addresses in records (random per start if unset)."
+        default=None,
+        description="HMAC key for client addresses in records (random per start if unset).",
     )
 
 
 class Settings(_Section):
-    listen: str = Field("127.0.0.1:8080", description="Address and port to serve on.")
-    workers: int = Field(1, ge=1, description="Worker processes.")
+    listen: str = Field(default="127.0.0.1:8080", description="Address and port to serve on.")
+    workers: int = Field(default=1, ge=1, description="Worker processes.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level."
+        default="info", description="Log level."
     )
-    policy_dir: Path = Field(Path("policies"), description="Directory of policy YAML files.")
+    policy_dir: Path = Field(
+        default=Path("policies"), description="Directory of policy YAML files."
+    )
     geoip_db: Path | None = Field(
-        None, description="MaxMind GeoIP2/GeoLite2 database (embedded RIR data if unset)."
+        default=None, description="MaxMind GeoIP2/GeoLite2 database (embedded RIR data if unset)."
     )
     trusted_proxies: tuple[str, ...] = Field(
-        (), description="Addresses or networks of proxies whose X-Forwarded-For is believed."
+        default=(),
+        description="Addresses or networks of proxies whose X-Forwarded-For is believed.",
     )
     trusted_cdns: tuple[str, ...] = Field(
-        (), description="Addresses or networks of CDNs whose geolocation headers are believed."
+        default=(),
+        description="Addresses or networks of CDNs whose geolocation headers are believed.",
     )
-    keys_file: Path | None = Field(None, description="Router API keys file (geopin keys).")
+    keys_file: Path | None = Field(default=None, description="Router API keys file (geopin keys).")
     admin_token: SecretStr | None = Field(
-        None, description="Bearer token of the admin API (admin API off when unset)."
+        default=None, description="Bearer token of the admin API (admin API off when unset)."
     )
     admin_token_file: Path | None = Field(
-        None, description="File holding the admin token (instead of admin_token)."
+        default=None, description="File holding the admin token (instead of admin_token)."
     )
     public_url: str | None = Field(
-        None,
+        default=None,
         description="Base URL of the blocked-by links in 451 answers (relative links if unset).",
     )
     endpoint_overrides: dict[str, str] = Field(
@@ -111,12 +126,12 @@ class Settings(_Section):
         default_factory=dict,
         description="Endpoint id to a file holding its credential, replacing the policy's.",
     )
-    auth: AuthSettings = AuthSettings()
-    limits: LimitSettings = LimitSettings()
-    upstream: UpstreamSettings = UpstreamSettings()
-    probes: ProbeSettings = ProbeSettings()
-    reload: ReloadSettings = ReloadSettings()
-    audit: AuditSettings = AuditSettings()
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    probes: ProbeSettings = Field(default_factory=ProbeSettings)
+    reload: ReloadSettings = Field(default_factory=ReloadSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("listen")
     @classmethod
@@ -265,7 +280,7 @@ def _index(node: Any, at: tuple[str, ...], path: Path, out: dict[tuple[str, ...]
         return
     for key in node:
         try:
-            line, col = node.lc.key(key)
+            line, col = node.lc.key(key)  # type: ignore[attr-defined]
             out[at + (str(key),)] = f"{path}:{line + 1}:{col + 1}"
         except (AttributeError, KeyError, TypeError):
             out[at + (str(key),)] = str(path)

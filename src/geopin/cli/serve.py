@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import uvicorn
@@ -55,7 +55,7 @@ def serve(
     except GeopinError as exc:
         _refuse(exc)
     host, port = listen_address(settings.listen)
-    options = {
+    options: dict[str, Any] = {
         "host": host,
         "port": port,
         "loop": "uvloop",

@@ -371,6 +371,7 @@ def _parse_call(
     if not isinstance(body, dict):
         return None, refusal.bad_request("the request body must be a JSON object", "invalid_json")
     api_version = None
+    model: Any
     if deployment is not None:
         model = deployment
         params = [p for p in query.split("&") if p]
@@ -406,7 +407,7 @@ async def _relay(
     response: UpstreamResponse, endpoint: Endpoint, decision_id: str, receive: Any, send: Any
 ) -> tuple[UsageTap, str | None]:
     """Send the response head and stream the body through, chunk by chunk."""
-    named = set()
+    named: set[bytes] = set()
     content_type = b""
     length: int | None = None
     for name, value in response.headers:
