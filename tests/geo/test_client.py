@@ -25,6 +25,12 @@ TRUST = TrustConfig.from_strings(
 )
 
 
+# Proxies that write RFC 7239 Forwarded instead of X-Forwarded-For.
+TRUST_FORWARDED = TrustConfig.from_strings(
+    ["10.0.0.0/8", "fd00::/8"], ["198.51.100.0/24", "2001:db8:cd::/48"], "forwarded"
+)
+
+
 def via(peer: str | None, *pairs: tuple[str, str], trust: TrustConfig = TRUST) -> tuple[str, str]:
     """(address, header used) for a request, the form most assertions want."""
     result = client_address(peer, raw_headers(*pairs), trust)
@@ -259,11 +265,16 @@ def test_a_malformed_entry_the_walk_reads_is_a_marked_peer_fallback(xff: str) ->
     ],
 )
 def test_forwarded_rightmost_untrusted(forwarded: str, expected: str) -> None:
-    assert via(PROXY, ("forwarded", forwarded)) == (expected, "forwarded")
+    assert via(PROXY, ("forwarded", forwarded), trust=TRUST_FORWARDED) == (expected, "forwarded")
 
 
 def test_forwarded_lines_join_in_order() -> None:
-    got = via(PROXY, ("forwarded", "for=81.2.69.142"), ("forwarded", f"for={CLIENT}"))
+    got = via(
+        PROXY,
+        ("forwarded", "for=81.2.69.142"),
+        ("forwarded", f"for={CLIENT}"),
+        trust=TRUST_FORWARDED,
+    )
     assert got == (CLIENT, "forwarded")
 
 
@@ -299,7 +310,7 @@ def test_forwarded_lines_join_in_order() -> None:
     ],
 )
 def test_malformed_forwarded_falls_back_to_the_peer(forwarded: str) -> None:
-    assert via(PROXY, ("forwarded", forwarded)) == (PROXY, "peer-fallback")
+    assert via(PROXY, ("forwarded", forwarded), trust=TRUST_FORWARDED) == (PROXY, "peer-fallback")
 
 
 @pytest.mark.parametrize(
@@ -329,8 +340,10 @@ def test_forwarded_ignores_whatever_the_client_wrote_left_of_itself(
     junk: str, proxies: str
 ) -> None:
     forwarded = f"{junk}, for={CLIENT}{proxies}"
-    assert via(PROXY, ("forwarded", forwarded)) == (CLIENT, "forwarded")
-    got = via(PROXY, ("forwarded", junk), ("forwarded", f"for={CLIENT}{proxies}"))
+    assert via(PROXY, ("forwarded", forwarded), trust=TRUST_FORWARDED) == (CLIENT, "forwarded")
+    got = via(
+        PROXY, ("forwarded", junk), ("forwarded", f"for={CLIENT}{proxies}"), trust=TRUST_FORWARDED
+    )
     assert got == (CLIENT, "forwarded")
 
 
@@ -344,7 +357,7 @@ def test_forwarded_ignores_whatever_the_client_wrote_left_of_itself(
     ],
 )
 def test_forwarded_elements_split_on_commas_outside_quotes(forwarded: str, expected: str) -> None:
-    assert via(PROXY, ("forwarded", forwarded)) == (expected, "forwarded")
+    assert via(PROXY, ("forwarded", forwarded), trust=TRUST_FORWARDED) == (expected, "forwarded")
 
 
 @pytest.mark.parametrize(
@@ -363,20 +376,43 @@ def test_forwarded_elements_split_on_commas_outside_quotes(forwarded: str, expec
 def test_a_malformed_forwarded_element_the_walk_reads_is_a_marked_peer_fallback(
     forwarded: str,
 ) -> None:
-    assert via(PROXY, ("forwarded", forwarded)) == (PROXY, "peer-fallback")
+    assert via(PROXY, ("forwarded", forwarded), trust=TRUST_FORWARDED) == (PROXY, "peer-fallback")
 
 
-def test_forwarded_is_preferred_over_x_forwarded_for() -> None:
-    got = via(PROXY, ("x-forwarded-for", "81.2.69.142"), ("forwarded", f"for={CLIENT}"))
+def test_only_the_header_the_proxies_write_is_read() -> None:
+    # Proxies writing X-Forwarded-For pass a client's own Forwarded through untouched.
+    got = via(PROXY, ("x-forwarded-for", CLIENT), ("forwarded", "for=81.2.69.142"))
+    assert got == (CLIENT, "x-forwarded-for")
+    got = via(PROXY, ("forwarded", "for=81.2.69.142"))
+    assert got == (PROXY, "peer")
+    # And the other way round.
+    got = via(
+        PROXY,
+        ("x-forwarded-for", "81.2.69.142"),
+        ("forwarded", f"for={CLIENT}"),
+        trust=TRUST_FORWARDED,
+    )
     assert got == (CLIENT, "forwarded")
 
 
 def test_a_malformed_forwarded_does_not_fall_back_to_x_forwarded_for() -> None:
-    got = via(PROXY, ("x-forwarded-for", CLIENT), ("forwarded", "for=_hidden"))
+    got = via(
+        PROXY, ("x-forwarded-for", CLIENT), ("forwarded", "for=_hidden"), trust=TRUST_FORWARDED
+    )
     assert got == (PROXY, "peer-fallback")
     # Junk left of a valid client does not make Forwarded malformed.
-    got = via(PROXY, ("x-forwarded-for", "81.2.69.142"), ("forwarded", f"for=_x, for={CLIENT}"))
+    got = via(
+        PROXY,
+        ("x-forwarded-for", "81.2.69.142"),
+        ("forwarded", f"for=_x, for={CLIENT}"),
+        trust=TRUST_FORWARDED,
+    )
     assert got == (CLIENT, "forwarded")
+
+
+def test_an_unknown_forwarding_header_setting_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="forwarding header"):
+        TrustConfig.from_strings([], [], "x-real-ip")
 
 
 def test_a_trusted_proxy_without_forwarding_headers_is_the_peer_unmarked() -> None:
@@ -442,7 +478,7 @@ def test_cdn_header_preference() -> None:
     ],
 )
 def test_malformed_cdn_headers_fall_back_to_the_peer(pairs: list[tuple[str, str]]) -> None:
-    assert via(CDN, *pairs) == (CDN, "peer")
+    assert via(CDN, *pairs) == (CDN, "peer-fallback")
 
 
 def test_a_peer_that_is_both_cdn_and_proxy_prefers_the_cdn_header() -> None:
@@ -609,5 +645,6 @@ def test_property_nothing_the_client_prepends_moves_it(
     entry = _forwarded_element if header == "forwarded" else _xff_entry
     appended = [entry(client, port, form)] + [entry(*hop) for hop in proxies]
     value = separator.join(appended if prefix is None else [prefix, *appended])
-    result = client_address(PROXY, [(header.encode(), value.encode("latin-1"))], TRUST)
+    trust = TRUST_FORWARDED if header == "forwarded" else TRUST
+    result = client_address(PROXY, [(header.encode(), value.encode("latin-1"))], trust)
     assert result == ClientAddress(parse_ip(str(client)), header)

@@ -80,3 +80,20 @@ def test_a_corrupt_database_surfaces_as_geoip_error(make_mmdb) -> None:
         assert locate("2001:218::1", [], TRUST, resolver)[1].country == "JP"
     finally:
         resolver.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "header"),
+    [
+        ("10.0.0.5", ("x-forwarded-for", "89.160.20.112, 10.1.1.1:99999")),
+        ("198.51.100.7", ("cf-connecting-ip", "garbage")),
+    ],
+)
+def test_an_unreadable_trusted_header_is_an_unknown_location_not_the_proxys(
+    resolver, peer: str, header: tuple[str, str]
+) -> None:
+    # The fallback address is our own proxy or CDN edge: its location says nothing about the
+    # client, so the policy's unknown-location default decides (fail closed).
+    address, location = locate(peer, raw_headers(header), TRUST, resolver)
+    assert (str(address.ip), address.via) == (peer, "peer-fallback")
+    assert location is UNKNOWN

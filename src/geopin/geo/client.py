@@ -20,9 +20,9 @@ both written by our own proxies. Then the result is the peer, never a guess, mar
 provoke this, nor steer where it is located: it controls only what is left of the first
 untrusted entry, which the walk never reaches. (Rejecting the whole list for a bad entry
 anywhere would let a client that writes junk on its own left be located wherever our proxy
-stands.) A malformed ``Forwarded`` never falls back to ``X-Forwarded-For``: when it is
-present it is the list our proxies keep, and an ``X-Forwarded-For`` beside it may be the
-client's alone.
+stands.) Only the one header the operator's proxies write (``forwarding_header``,
+``X-Forwarded-For`` by default, or ``Forwarded``) is read: the other reaches us exactly as the
+client wrote it. A malformed CDN client-address header is a fallback to the peer too.
 
 Called on every request: the untrusted-peer path does one cached parse and one range check.
 """
@@ -44,6 +44,7 @@ VIA_PEER = "peer"
 VIA_PEER_FALLBACK = "peer-fallback"
 VIA_FORWARDED = "forwarded"
 VIA_X_FORWARDED_FOR = "x-forwarded-for"
+FORWARDING_HEADERS = (VIA_X_FORWARDED_FOR, VIA_FORWARDED)
 # Single-address headers set by the CDN itself, in order of preference.
 CDN_ADDRESS_HEADERS = ("cf-connecting-ip", "true-client-ip", "cloudfront-viewer-address")
 
@@ -88,22 +89,36 @@ class TrustConfig:
 
     trusted_proxies: tuple[IPNetwork, ...] = ()
     trusted_cdns: tuple[IPNetwork, ...] = ()
+    # The one forwarding header the trusted proxies write. Only it is read: a header they do
+    # not write reaches us as the client sent it, so reading it would let the client choose.
+    forwarding_header: str = VIA_X_FORWARDED_FOR
     _proxies: _Ranges = field(init=False, repr=False, compare=False)
     _cdns: _Ranges = field(init=False, repr=False, compare=False)
     # A hop in a forwarding chain is skipped when it is a trusted proxy or a trusted CDN.
     _hops: _Ranges = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.forwarding_header not in FORWARDING_HEADERS:
+            raise ConfigError(
+                f"forwarding header: {self.forwarding_header!r} is not one of "
+                + ", ".join(FORWARDING_HEADERS)
+            )
         object.__setattr__(self, "_proxies", _Ranges(self.trusted_proxies))
         object.__setattr__(self, "_cdns", _Ranges(self.trusted_cdns))
         object.__setattr__(self, "_hops", _Ranges((*self.trusted_proxies, *self.trusted_cdns)))
 
     @classmethod
-    def from_strings(cls, proxies: Iterable[str], cdns: Iterable[str]) -> TrustConfig:
+    def from_strings(
+        cls,
+        proxies: Iterable[str],
+        cdns: Iterable[str],
+        forwarding_header: str = VIA_X_FORWARDED_FOR,
+    ) -> TrustConfig:
         """Parse CIDR ranges or single addresses; ConfigError names the first bad entry."""
         return cls(
             trusted_proxies=tuple(_network(entry, "trusted proxies") for entry in proxies),
             trusted_cdns=tuple(_network(entry, "trusted CDNs") for entry in cdns),
+            forwarding_header=forwarding_header,
         )
 
     def is_proxy(self, ip: IPAddress) -> bool:
@@ -210,14 +225,15 @@ def _from_headers(
                 continue
             # The CDN sets exactly one; two means the request is not what the CDN sent.
             ip = _cdn_address(raw, values[0]) if len(values) == 1 else None
-            return ClientAddress(ip, header) if ip is not None else peer
+            if ip is None:
+                return ClientAddress(peer.ip, VIA_PEER_FALLBACK)
+            return ClientAddress(ip, header)
     if is_proxy:
-        if _FORWARDED in seen:
+        via = trust.forwarding_header
+        if via == VIA_FORWARDED and _FORWARDED in seen:
             ip = _walk_forwarded(_joined(seen[_FORWARDED]), trust._hops)
-            via = VIA_FORWARDED
-        elif _X_FORWARDED_FOR in seen:
+        elif via == VIA_X_FORWARDED_FOR and _X_FORWARDED_FOR in seen:
             ip = _walk_x_forwarded_for(_joined(seen[_X_FORWARDED_FOR]), trust._hops)
-            via = VIA_X_FORWARDED_FOR
         else:
             return peer
         if ip is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from geopin.geo.cdn import cdn_location
-from geopin.geo.client import ClientAddress, TrustConfig, resolve_client
+from geopin.geo.client import VIA_PEER_FALLBACK, ClientAddress, TrustConfig, resolve_client
 from geopin.geo.location import UNKNOWN, Location
 from geopin.geo.resolvers import Resolver
 
@@ -19,7 +19,9 @@ def locate(
     """The client's address and location.
 
     A trusted CDN's geo headers win (the CDN saw the client's own connection); otherwise the
-    resolver locates the client address; without an address the location is UNKNOWN.
+    resolver locates the client address; without an address the location is UNKNOWN. When a
+    trusted proxy's or CDN's header could not be read, the address is the peer (our own proxy)
+    and its location says nothing about the client: the location is UNKNOWN (fail closed).
     Raises GeoIPError when the database is corrupt where the address falls: the caller
     treats that as an unknown location.
     """
@@ -28,6 +30,6 @@ def locate(
         location = cdn_location(cdn_peer, headers, trust)
         if location is not None:
             return address, location
-    if address.ip is None:
+    if address.ip is None or address.via == VIA_PEER_FALLBACK:
         return address, UNKNOWN
     return address, resolver.lookup(address.ip)
