@@ -2,19 +2,22 @@
 
 ``build_app(settings)`` loads and checks everything that can be wrong before a socket is
 opened (policy, GeoIP database, keys, admin token, the audit schema), raising geopin's own
-errors; the application's lifespan then starts the audit writer, the probes and the reload
-watch, and stops them in reverse.
+errors; the application's lifespan then starts the audit writer and sequencer, the probes and
+the reload watch, and stops them in reverse.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 from typing import Any
 
+from geopin.audit.checkpoint import SigningKey
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import check_schema
+from geopin.audit.sequencer import Sequencer
 from geopin.audit.writer import AuditWriter
 from geopin.errors import AuditUnavailable
 from geopin.policy.decision import Endpoint
@@ -36,8 +39,13 @@ CONFIG_ENVVAR = "GEOPIN_CONFIG"  # the settings file of `geopin serve --workers 
 class GeopinApp:
     """ASGI: ``/_geopin/*`` to the admin API, everything else to the proxy path."""
 
-    def __init__(self, runtime: Runtime, *, probes: bool = True) -> None:
+    def __init__(
+        self, runtime: Runtime, *, probes: bool = True, sequencer: Sequencer | None = None
+    ) -> None:
         self.runtime = runtime
+        self.sequencer = sequencer
+        self._sequencer_stop = asyncio.Event()
+        self._sequencer_task: asyncio.Task[None] | None = None
         self.proxy = ProxyApp(runtime)
         self.reloader = Reloader(runtime, on_swap=self._swapped)
         settings = runtime.settings
@@ -69,6 +77,11 @@ class GeopinApp:
         audit = self.runtime.audit
         if isinstance(audit, AuditWriter):
             await audit.start()
+        if self.sequencer is not None:
+            self._sequencer_stop.clear()
+            self._sequencer_task = asyncio.create_task(
+                self.sequencer.run(self._sequencer_stop), name="geopin-audit-sequencer"
+            )
         if self.prober is not None:
             await self.prober.start()
         await self.reloader.start()
@@ -93,6 +106,7 @@ class GeopinApp:
         audit = self.runtime.audit
         if isinstance(audit, AuditWriter):
             await audit.close()
+        await self._stop_sequencer()
         self.runtime.holder.current.resolver.close()
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -109,6 +123,18 @@ class GeopinApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _stop_sequencer(self) -> None:
+        """After the writer has flushed: the sequencer's last pass takes every acknowledged
+        record and signs a final checkpoint over them."""
+        task, self._sequencer_task = self._sequencer_task, None
+        if task is None:
+            return
+        self._sequencer_stop.set()
+        try:
+            await task
+        except Exception:  # already logged by the sequencer; shutdown goes on
+            log.error("audit sequencer ended with an error", exc_info=True)
 
     def _swapped(self, state: RuntimeState) -> None:
         self.runtime.health.forget(state.routes)
@@ -129,8 +155,10 @@ def build_app(
     SchemaOutOfDate when something it needs is invalid; ``audit`` replaces the audit writer."""
     admin_token = settings.admin_token_value()
     state = load_state(settings)
+    sequencer = None
     if audit is None:
         audit = _audit_writer(settings)
+        sequencer = _sequencer(settings, audit)
     key = settings.audit.client_key
     client_key = key.get_secret_value().encode() if key is not None else os.urandom(32)
     upstream = settings.upstream
@@ -147,7 +175,7 @@ def build_app(
         client_key=client_key,
         admin_token=admin_token,
     )
-    return GeopinApp(runtime, probes=probes)
+    return GeopinApp(runtime, probes=probes, sequencer=sequencer)
 
 
 def app_from_environment() -> GeopinApp:
@@ -163,6 +191,24 @@ def _audit_writer(settings: Settings) -> AuditWriter:
         if settings.audit.spool is None:
             raise
     return AuditWriter(engine, spool=settings.audit.spool)
+
+
+def _sequencer(settings: Settings, writer: AuditWriter) -> Sequencer | None:
+    audit = settings.audit
+    if not audit.sequencer:
+        return None
+    key = SigningKey.load(audit.signing_key) if audit.signing_key is not None else None
+    if key is None:
+        log.warning(
+            "audit.signing_key is not set: records are sequenced but no checkpoint is signed"
+        )
+    return Sequencer(
+        writer.engine,
+        signing_key=key,
+        checkpoint_file=audit.checkpoint_file,
+        checkpoint_every=audit.checkpoint_every,
+        checkpoint_interval_s=audit.checkpoint_interval_s,
+    )
 
 
 def _probe_targets(state: RuntimeState) -> list[Endpoint]:

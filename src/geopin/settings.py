@@ -86,6 +86,23 @@ class AuditSettings(_Section):
         default=None,
         description="HMAC key for client addresses in records (random per start if unset).",
     )
+    sequencer: bool = Field(
+        default=True,
+        description="Sequence pending records into the Merkle log in this router process.",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 signing key file (geopin audit keygen); no checkpoints if unset.",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None, description="File every signed checkpoint is also appended to."
+    )
+    checkpoint_every: int = Field(
+        default=1000, ge=1, description="Records after which a checkpoint is signed."
+    )
+    checkpoint_interval_s: float = Field(
+        default=10.0, gt=0, description="Time after which new records get a signed checkpoint."
+    )
 
 
 class Settings(_Section):

@@ -105,20 +105,26 @@ class Sequencer:
                 return SequenceResult(sequenced, duplicates, size, signed)
 
     async def run(self, stop: asyncio.Event, *, poll_interval_s: float = 0.25) -> None:
-        """Sequence in the background until ``stop`` is set; failures are logged, not raised,
-        except a refused checkpoint (a tree that does not extend the signed one)."""
+        """Sequence in the background until ``stop`` is set, then make one last pass that waits
+        for the lock and signs a checkpoint over everything (set ``stop`` after the writers have
+        flushed). Failures are logged, not raised, except a refused checkpoint (a tree that
+        does not extend the signed one)."""
         while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.run_once)
-            except VerificationError:
-                log.critical("audit sequencer stopped: refusing to sign", exc_info=True)
-                raise
-            except AuditError as exc:
-                log.error("audit sequencing failed, will retry: %s", exc)
+            await self._pass(wait=False, force_checkpoint=False)
             try:
                 await asyncio.wait_for(stop.wait(), poll_interval_s)
             except TimeoutError:
                 pass
+        await self._pass(wait=True, force_checkpoint=True)
+
+    async def _pass(self, *, wait: bool, force_checkpoint: bool) -> None:
+        try:
+            await asyncio.to_thread(self.run_once, wait=wait, force_checkpoint=force_checkpoint)
+        except VerificationError:
+            log.critical("audit sequencer stopped: refusing to sign", exc_info=True)
+            raise
+        except AuditError as exc:
+            log.error("audit sequencing failed, will retry: %s", exc)
 
     def _publish(self, note: str) -> None:
         if self.checkpoint_file is None:
