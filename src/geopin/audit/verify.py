@@ -305,7 +305,12 @@ class _Scan:
         if row.body is None:
             self._pruned(seq, row, stored)
             return stored if stored is not None else merkle.leaf_hash(b"")
-        body = bytes(row.body)
+        # An edit by hand may leave the body as TEXT (SQLite) rather than bytes: still check it.
+        body = (
+            row.body.encode("utf-8", "surrogatepass")
+            if isinstance(row.body, str)
+            else bytes(row.body)
+        )
         try:
             record = json.loads(body)
             canonical = canonical_json(record)

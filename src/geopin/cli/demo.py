@@ -1,8 +1,9 @@
 """``geopin demo``: the router on the shipped policies, with a mock upstream per endpoint.
 
-No database server and no GeoIP licence: the audit log is a SQLite file in a temporary
-directory, locations come from a "CDN" on 127.0.0.2 (trusted for its ``CF-IPCountry``
-header), and every endpoint's URL is overridden to a local mock that says which endpoint it is.
+No database server and no GeoIP licence: the audit log is a SQLite file in a data directory
+(temporary unless ``--data-dir`` is given) with a checkpoint signing key beside it; locations
+come from a "CDN" on 127.0.0.2 (trusted for its ``CF-IPCountry`` header), and every endpoint's
+URL is overridden to a local mock that says which endpoint it is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import click
 import uvicorn
 
+from geopin.audit.checkpoint import SigningKey
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
 from geopin.errors import GeopinError
@@ -176,6 +178,11 @@ def demo_setup(policy_dir: Path, workdir: Path) -> Iterator[tuple[Settings, dict
             _, key = store.create("demo", "demo key")
             _, acme_key = store.create(ACME_TENANT, "demo key of a tenant")
         audit_url = f"sqlite:///{workdir / 'audit.db'}"
+        signing_key = workdir / "audit.key"
+        if not signing_key.exists():
+            key_pair = SigningKey.generate("demo.geopin.local/audit")
+            key_pair.save(signing_key)
+            (workdir / "audit.key.pub").write_text(key_pair.verifier().text() + "\n")
         engine = create_audit_engine(audit_url)
         upgrade(engine)
         engine.dispose()
@@ -188,7 +195,12 @@ def demo_setup(policy_dir: Path, workdir: Path) -> Iterator[tuple[Settings, dict
                 "admin_token": admin_token,
                 "endpoint_overrides": overrides,
                 "credential_files": credential_files,
-                "audit": {"database_url": audit_url},
+                "audit": {
+                    "database_url": audit_url,
+                    "signing_key": signing_key,
+                    "checkpoint_file": workdir / "checkpoints.txt",
+                    "checkpoint_interval_s": 1.0,
+                },
                 "log_level": "warning",
             }
         )
@@ -198,12 +210,26 @@ def demo_setup(policy_dir: Path, workdir: Path) -> Iterator[tuple[Settings, dict
             mock.stop()
 
 
+def audit_hint(workdir: Path) -> str:
+    db = f"sqlite:///{workdir / 'audit.db'}"
+    pub = workdir / "audit.key.pub"
+    cps = workdir / "checkpoints.txt"
+    return (
+        "# The decision trail of these requests (in another terminal):\n"
+        f"geopin audit query --db {db}\n"
+        f"geopin audit verify --db {db} --public-key {pub} --checkpoints {cps}\n"
+    )
+
+
 @click.command("demo")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port of the router (0: any free port).")  # fmt: skip
 @click.option("--policy-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Policy directory (default: the shipped example policies).")  # fmt: skip
-def demo(port: int, policy_dir: Path | None) -> None:
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the audit log, its signing key, checkpoints and router keys here "
+              "(default: a temporary directory removed on exit).")  # fmt: skip
+def demo(port: int, policy_dir: Path | None, data_dir: Path | None) -> None:
     """Run the router on the shipped policies against local mock upstreams, and print curl
     lines to try. Runs until Ctrl-C."""
     from geopin.app import build_app
@@ -215,7 +241,12 @@ def demo(port: int, policy_dir: Path | None) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    with tempfile.TemporaryDirectory(prefix="geopin-demo-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="geopin-demo-"))
+        else:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = str(data_dir)
         try:
             with demo_setup(policy_dir or shipped_policies(), Path(tmp)) as (settings, keys):
                 app = build_app(settings)
@@ -224,6 +255,7 @@ def demo(port: int, policy_dir: Path | None) -> None:
                 click.echo(f"admin token: {keys['admin_token']}\n")
                 for call in demo_calls(base, keys["key"], keys["acme_key"], keys["admin_token"]):
                     click.echo(call.render())
+                click.echo(audit_hint(Path(tmp)))
                 click.echo("Ctrl-C stops the demo.", nl=True)
                 config = uvicorn.Config(app, loop="uvloop", http="httptools", access_log=False,
                                         log_level="warning", proxy_headers=False)  # fmt: skip
