@@ -19,7 +19,8 @@ from geopin.telemetry import Telemetry, TelemetrySettings
 
 
 def make_settings(**overrides: Any) -> TelemetrySettings:
-    return TelemetrySettings.model_validate(overrides)
+    """Settings with the Prometheus scrape on (the tests' usual case; off by default)."""
+    return TelemetrySettings.model_validate({"prometheus": True, **overrides})
 
 
 @dataclass

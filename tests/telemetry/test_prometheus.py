@@ -160,7 +160,7 @@ _WORKER = textwrap.dedent(
     """
     import os, sys
     from geopin.telemetry import Telemetry, TelemetrySettings
-    t = Telemetry.from_settings(TelemetrySettings(metrics_dir=sys.argv[1]),
+    t = Telemetry.from_settings(TelemetrySettings(metrics_dir=sys.argv[1], prometheus=True),
                                 snapshot_interval_s=30)
     for _ in range(5):
         t.metrics.request(action="route", country="FR", processing_country="FR", status=200,

@@ -8,10 +8,10 @@ from geopin.telemetry import TelemetrySettings
 from .conftest import make_settings
 
 
-def test_defaults_export_nothing_and_serve_the_scrape():
+def test_defaults_export_nothing_and_serve_no_scrape():
     settings = TelemetrySettings()
     assert settings.otlp_endpoint is None and not settings.exporting and not settings.tracing
-    assert settings.prometheus and settings.access_log
+    assert not settings.prometheus and settings.access_log
     assert settings.otlp_protocol == "grpc" and settings.service_name == "geopin"
 
 

@@ -17,6 +17,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from geopin import __version__
+from geopin.telemetry.aggregate import Aggregates
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 UPSTREAM_ERRORS = frozenset(("connect", "timeout", "protocol", "status", "breaker_open", "other"))
 RELOAD_KINDS = frozenset(("policy", "geoip", "keys", "settings"))
 UNKNOWN = "unknown"
+SCOPE = "geopin"
 
 # The names, in one place for the docs and the tests.
 INSTRUMENTS = (
@@ -71,82 +76,113 @@ def _method(value: str) -> str:
 
 
 class Metrics:
-    """geopin's instruments on one meter. With ``meter=None`` every method returns at once."""
+    """geopin's instruments. With ``meter=None`` every method returns at once.
+
+    Synchronous measurements are added up in :attr:`aggregates` (see
+    :mod:`geopin.telemetry.aggregate`: the SDK's own instruments cost more per request than
+    the router may spend); the gauges are the SDK's observable instruments on ``meter``.
+    """
 
     def __init__(self, meter: Meter | None) -> None:
         self.enabled = meter is not None
         self._breakers: Callable[[], Mapping[str, Any]] | None = None
         self._queue_depth: Callable[[], int | None] | None = None
         self._sequencing_lag: Callable[[], float | None] | None = None
+        self.aggregates: Aggregates | None = None
         if meter is None:
             return
-        hist = meter.create_histogram
-        self._http_duration = hist(
+        agg = self.aggregates = Aggregates(InstrumentationScope(SCOPE, __version__))
+        self._add = agg.add
+        self._record = agg.record
+        self._http_duration = agg.histogram(
             "http.server.request.duration",
             unit="s",
             description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=HTTP_DURATION_BUCKETS,
+            bounds=HTTP_DURATION_BUCKETS,
+            attributes=("http.request.method", "http.response.status_code", "http.route"),
         )
-        self._requests = meter.create_counter(
+        self._requests = agg.counter(
             "geopin.requests",
             unit="{request}",
             description="Requests by decision action, client country and processing country.",
+            attributes=(
+                "geopin.action",
+                "geopin.client.country",
+                "geopin.processing.country",
+                "http.response.status_code",
+            ),
         )
-        self._decision = hist(
+        self._decision = agg.histogram(
             "geopin.decision.duration",
             unit="s",
             description="Time the policy engine took to decide.",
-            explicit_bucket_boundaries_advisory=DECISION_BUCKETS,
+            bounds=DECISION_BUCKETS,
+            attributes=("geopin.action",),
         )
-        self._upstream = hist(
+        self._upstream = agg.histogram(
             "geopin.upstream.duration",
             unit="s",
             description="Time from sending to an endpoint to its response head, per attempt.",
-            explicit_bucket_boundaries_advisory=HTTP_DURATION_BUCKETS,
+            bounds=HTTP_DURATION_BUCKETS,
+            attributes=("geopin.endpoint", "http.response.status_code"),
         )
-        self._upstream_errors = meter.create_counter(
+        self._upstream_errors = agg.counter(
             "geopin.upstream.errors",
             unit="{error}",
             description="Failed upstream attempts by endpoint and kind of failure.",
+            attributes=("geopin.endpoint", "error.type"),
         )
-        self._failovers = meter.create_counter(
+        self._failovers = agg.counter(
             "geopin.failovers",
             unit="{failover}",
             description="Requests moved on from an endpoint to the next candidate.",
+            attributes=("geopin.endpoint",),
         )
-        self._ttfb = hist(
+        self._ttfb = agg.histogram(
             "geopin.stream.time_to_first_byte",
             unit="s",
             description="Time from the request to the first body byte of a streamed answer.",
-            explicit_bucket_boundaries_advisory=GEN_AI_DURATION_BUCKETS,
+            bounds=GEN_AI_DURATION_BUCKETS,
+            attributes=("geopin.endpoint",),
         )
-        self._gen_ai_duration = hist(
+        gen_ai = (
+            "gen_ai.operation.name",
+            "gen_ai.provider.name",
+            "gen_ai.request.model",
+            "geopin.endpoint",
+            "error.type",
+        )
+        self._gen_ai_duration = agg.histogram(
             "gen_ai.client.operation.duration",
             unit="s",
             description="Duration of model operations forwarded to an endpoint.",
-            explicit_bucket_boundaries_advisory=GEN_AI_DURATION_BUCKETS,
+            bounds=GEN_AI_DURATION_BUCKETS,
+            attributes=gen_ai,
         )
-        self._tokens = hist(
+        self._tokens = agg.histogram(
             "gen_ai.client.token.usage",
             unit="{token}",
             description="Tokens used per operation, as reported by the endpoint.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            bounds=TOKEN_BUCKETS,
+            attributes=(*gen_ai[:4], "gen_ai.token.type"),
         )
-        self._commit = hist(
+        self._commit = agg.histogram(
             "geopin.audit.commit.duration",
             unit="s",
             description="Time one audit transaction took to commit (a group of records).",
-            explicit_bucket_boundaries_advisory=COMMIT_BUCKETS,
+            bounds=COMMIT_BUCKETS,
         )
-        self._checkpoints = meter.create_counter(
+        self._checkpoints = agg.counter(
             "geopin.audit.checkpoints",
             unit="{checkpoint}",
             description="Checkpoint signing attempts by result.",
+            attributes=("result",),
         )
-        self._reloads = meter.create_counter(
+        self._reloads = agg.counter(
             "geopin.policy.reloads",
             unit="{reload}",
             description="Reloads of policy, GeoIP data, keys or settings by result.",
+            attributes=("result", "geopin.reload.kind"),
         )
         meter.create_observable_gauge(
             "geopin.endpoint.breaker_state",
@@ -183,50 +219,35 @@ class Metrics:
         """A request answered: ``action`` is route, deny or error (refused before deciding)."""
         if not self.enabled:
             return
-        self._requests.add(
-            1,
-            {
-                "geopin.action": action,
-                "geopin.client.country": country_code(country),
-                "geopin.processing.country": country_code(processing_country),
-                "http.response.status_code": status,
-            },
+        self._add(
+            self._requests,
+            (action, country_code(country), country_code(processing_country), status),
         )
-        attributes: dict[str, Any] = {
-            "http.request.method": _method(method),
-            "http.response.status_code": status,
-        }
-        if route is not None:
-            attributes["http.route"] = route
-        self._http_duration.record(duration_s, attributes)
+        self._record(self._http_duration, (_method(method), status, route), duration_s)
 
     def decision(self, *, action: str, duration_s: float) -> None:
         if self.enabled:
-            self._decision.record(duration_s, {"geopin.action": action})
+            self._record(self._decision, (action,), duration_s)
 
     def upstream(self, *, endpoint: str, status: int | None, duration_s: float) -> None:
         """One attempt's time to response head (``status`` None when none came)."""
-        if not self.enabled:
-            return
-        attributes: dict[str, Any] = {"geopin.endpoint": endpoint}
-        if status is not None:
-            attributes["http.response.status_code"] = status
-        self._upstream.record(duration_s, attributes)
+        if self.enabled:
+            self._record(self._upstream, (endpoint, status), duration_s)
 
     def upstream_error(self, *, endpoint: str, kind: str) -> None:
         """``kind``: connect, timeout, protocol, status (a 5xx), breaker_open or other."""
         if self.enabled:
             error = kind if kind in UPSTREAM_ERRORS else "other"
-            self._upstream_errors.add(1, {"geopin.endpoint": endpoint, "error.type": error})
+            self._add(self._upstream_errors, (endpoint, error))
 
     def failover(self, *, endpoint: str) -> None:
         """The request left ``endpoint`` for the next candidate."""
         if self.enabled:
-            self._failovers.add(1, {"geopin.endpoint": endpoint})
+            self._add(self._failovers, (endpoint,))
 
     def time_to_first_byte(self, *, endpoint: str, seconds: float) -> None:
         if self.enabled:
-            self._ttfb.record(seconds, {"geopin.endpoint": endpoint})
+            self._record(self._ttfb, (endpoint,), seconds)
 
     def model_operation(
         self,
@@ -244,39 +265,34 @@ class Metrics:
         policy's catalogue: unknown models are refused before they reach an endpoint)."""
         if not self.enabled:
             return
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.request.model": model,
-            "geopin.endpoint": endpoint,
-        }
-        if provider is not None:
-            attributes["gen_ai.provider.name"] = provider
         if error_type is not None:
-            attributes["error.type"] = error_type if error_type in UPSTREAM_ERRORS else "other"
-        self._gen_ai_duration.record(duration_s, attributes)
+            error_type = error_type if error_type in UPSTREAM_ERRORS else "other"
+        self._record(
+            self._gen_ai_duration, (operation, provider, model, endpoint, error_type), duration_s
+        )
         if error_type is not None:
             return
         for token_type, count in (("input", input_tokens), ("output", output_tokens)):
             if count is not None and count >= 0:
-                self._tokens.record(count, {**attributes, "gen_ai.token.type": token_type})
+                self._record(
+                    self._tokens, (operation, provider, model, endpoint, token_type), count
+                )
 
     # -- background work -------------------------------------------------------------------
 
     def audit_commit(self, *, duration_s: float) -> None:
         """Safe from any thread (the audit writer commits in its own)."""
         if self.enabled:
-            self._commit.record(duration_s)
+            self._record(self._commit, (), duration_s)
 
     def checkpoint(self, *, ok: bool) -> None:
         if self.enabled:
-            self._checkpoints.add(1, {"result": "success" if ok else "failure"})
+            self._add(self._checkpoints, ("success" if ok else "failure",))
 
     def policy_reload(self, *, ok: bool, what: str = "policy") -> None:
         if self.enabled:
             kind = what if what in RELOAD_KINDS else "settings"
-            self._reloads.add(
-                1, {"result": "success" if ok else "failure", "geopin.reload.kind": kind}
-            )
+            self._add(self._reloads, ("success" if ok else "failure", kind))
 
     # -- observed on collection ------------------------------------------------------------
 

@@ -19,23 +19,48 @@ from collections.abc import Sequence
 
 from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from geopin import __version__
-from geopin.telemetry.metrics import Metrics
+from geopin.telemetry.aggregate import attach
+from geopin.telemetry.metrics import SCOPE, Metrics
 from geopin.telemetry.prometheus import CONTENT_TYPE, PrometheusReader, WorkerSnapshots, render
 from geopin.telemetry.settings import TelemetrySettings
 from geopin.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
-SCOPE = "geopin"
 _BATCH_DELAY_MS = 1000
+# geopin adds its request metrics up itself, cumulatively (see aggregate.py); the gauges are
+# cumulative anyway, so every export says the same kind of thing whatever OTEL_* asks for.
+_CUMULATIVE = {
+    kind: AggregationTemporality.CUMULATIVE
+    for kind in (
+        Counter,
+        UpDownCounter,
+        Histogram,
+        ObservableCounter,
+        ObservableUpDownCounter,
+        ObservableGauge,
+    )
+}
 _MAX_EXPORT_BATCH = 512
 
 
@@ -125,13 +150,16 @@ class Telemetry:
         if prometheus is not None and settings.metrics_dir is not None:
             snapshots = WorkerSnapshots(settings.metrics_dir, prometheus, snapshot_interval_s)
             snapshots.start()
-        return cls(
+        telemetry = cls(
             settings,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
             prometheus=prometheus,
             snapshots=snapshots,
         )
+        if telemetry.metrics.aggregates is not None:
+            attach(readers, telemetry.metrics.aggregates, resource)
+        return telemetry
 
     @property
     def serves_metrics(self) -> bool:
@@ -231,6 +259,7 @@ def _metric_exporter(settings: TelemetrySettings):  # -> MetricExporter
             insecure=endpoint.startswith("http://"),
             headers=_headers(settings),
             timeout=settings.otlp_timeout_s,
+            preferred_temporality=_CUMULATIVE,
         )
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
@@ -240,4 +269,5 @@ def _metric_exporter(settings: TelemetrySettings):  # -> MetricExporter
         endpoint=endpoint + "/v1/metrics",
         headers=_headers(settings),
         timeout=settings.otlp_timeout_s,
+        preferred_temporality=_CUMULATIVE,
     )

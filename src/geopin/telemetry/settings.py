@@ -49,7 +49,8 @@ class TelemetrySettings(BaseModel):
         default=60.0, gt=0, description="Time between OTLP metric exports."
     )
     prometheus: bool = Field(
-        default=True, description="Serve metrics at GET /_geopin/metrics (Prometheus text format)."
+        default=False,
+        description="Serve metrics at GET /_geopin/metrics (Prometheus text format).",
     )
     metrics_dir: Path | None = Field(
         default=None,
