@@ -189,3 +189,97 @@ def test_several_writer_and_sequencer_processes(engine, database_url):
             sa.select(sa.func.count()).select_from(nodes).where(nodes.c.level == 0)
         )
     assert sorted(got) == sorted(expected) and leaves == 600
+
+
+def test_on_checkpoint_reports_signed_and_refused_checkpoints(engine, key):
+    heard: list[bool] = []
+    sequencer = Sequencer(engine, signing_key=key, on_checkpoint=heard.append)
+    add_pending(engine, [make_record(n) for n in range(3)])
+    assert sequencer.run_once(force_checkpoint=True).checkpoint is not None
+    assert sequencer.run_once(force_checkpoint=True).checkpoint is None  # nothing new
+    assert heard == [True]
+    with engine.begin() as conn:  # rewrite history under the signed checkpoint
+        conn.execute(nodes.update().where(nodes.c.level == 0).values(hash=b"\x07" * 32))
+    add_pending(engine, [make_record(9)])
+    with pytest.raises(VerificationError):
+        sequencer.run_once(force_checkpoint=True)
+    assert heard == [True, False]
+
+
+def test_a_failing_on_checkpoint_hook_does_not_stop_sequencing(engine, key):
+    def broken(ok: bool) -> None:
+        raise RuntimeError("a broken metrics backend")
+
+    add_pending(engine, [make_record(n) for n in range(3)])
+    result = Sequencer(engine, signing_key=key, on_checkpoint=broken).run_once(
+        force_checkpoint=True
+    )
+    assert result.sequenced == 3 and result.checkpoint is not None
+
+
+def test_sequencing_lag_is_the_age_of_the_oldest_waiting_record(engine, tmp_path):
+    from geopin.audit.records import new_record_id
+
+    sequencer = Sequencer(engine)
+    assert sequencer.sequencing_lag_s() == 0.0
+    add_pending(engine, [make_record(1, record_id=new_record_id())])
+    sequencer.run_once()
+    assert 0.0 <= sequencer.sequencing_lag_s() < 5.0  # the one record waited briefly
+    # Locked out: the lag is the age of what is still pending, and grows until it is taken.
+    holder = Sequencer(engine)
+    old_id = new_record_id()
+    add_pending(engine, [make_record(2, record_id=old_id)])
+    _hold_lock(engine, holder)
+    try:
+        assert sequencer.run_once().locked_out
+        first = sequencer.sequencing_lag_s()
+        assert first >= 0.0
+        import time
+
+        time.sleep(0.05)
+        assert sequencer.sequencing_lag_s() >= first + 0.04
+    finally:
+        _release_lock(engine, holder)
+    assert sequencer.run_once().sequenced == 1
+    assert sequencer.sequencing_lag_s() < 5.0
+
+
+def _hold_lock(engine, holder: Sequencer) -> None:
+    if engine.dialect.name == "sqlite":
+        assert holder._file_lock is not None and holder._file_lock.acquire(wait=False)
+    else:
+        conn = engine.connect()
+        conn.begin()
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.geopin-seq'))")
+        )
+        holder._held = conn  # type: ignore[attr-defined]
+
+
+def _release_lock(engine, holder: Sequencer) -> None:
+    if engine.dialect.name == "sqlite":
+        holder._file_lock.release()
+    else:
+        holder._held.rollback()  # type: ignore[attr-defined]
+        holder._held.close()  # type: ignore[attr-defined]
+
+
+def test_a_sequencer_locked_out_on_sqlite_returns_at_once(engine):
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the lock file is SQLite's")
+    import time
+
+    holder = Sequencer(engine)
+    add_pending(engine, [make_record(1)])
+    _hold_lock(engine, holder)
+    try:
+        # Hold SQLite's write lock too: a sequencer that asked SQLite would wait 30 s.
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
+            with conn.begin():
+                started = time.perf_counter()
+                result = Sequencer(engine).run_once()
+                elapsed = time.perf_counter() - started
+    finally:
+        _release_lock(engine, holder)
+    assert result.locked_out and elapsed < 1.0
+    assert Sequencer(engine).run_once().sequenced == 1

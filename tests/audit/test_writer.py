@@ -241,3 +241,63 @@ def test_stats_snapshot_is_json_friendly(engine):
     stats = asyncio.run(main())
     json.dumps(stats.__dict__)
     assert stats.transactions == 1 and stats.records == 1
+
+
+def test_on_commit_hears_every_transaction_and_cannot_break_the_writer(engine):
+    durations: list[float] = []
+
+    def on_commit(seconds: float) -> None:
+        durations.append(seconds)
+        raise RuntimeError("a broken metrics backend")
+
+    async def main():
+        writer = AuditWriter(engine, on_commit=on_commit)
+        await writer.start()
+        await writer.record(make_record(1))
+        await asyncio.gather(*(writer.record(make_record(n)) for n in range(2, 40)))
+        stats = writer.stats()
+        await writer.close()
+        return stats
+
+    stats = asyncio.run(main())
+    assert len(durations) == stats.transactions >= 2
+    assert all(0 < d < 30 for d in durations)
+    assert len(_pending_ids(engine)) == 39
+
+
+def test_queue_depth_and_stats_can_be_read_from_another_thread(engine):
+    import threading
+
+    seen: list[int] = []
+    problems: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader(writer: AuditWriter) -> None:
+        while not stop.is_set():
+            try:
+                seen.append(writer.queue_depth)
+                writer.stats()
+            except BaseException as exc:  # noqa: BLE001 - any failure fails the test
+                problems.append(exc)
+                return
+
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+        thread = threading.Thread(target=reader, args=(writer,))
+        thread.start()
+        try:
+            for round_ in range(5):
+                await asyncio.gather(
+                    *(writer.record(make_record(round_ * 1000 + n)) for n in range(200))
+                )
+        finally:
+            stop.set()
+            thread.join()
+        depth = writer.queue_depth
+        await writer.close()
+        return depth
+
+    assert asyncio.run(main()) == 0
+    assert not problems
+    assert max(seen) > 0  # the reader saw records waiting for their commit

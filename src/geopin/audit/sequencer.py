@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from geopin.audit import merkle
 from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey
 from geopin.audit.db import translate_errors, write_connection
+from geopin.audit.lock import FileLock
 from geopin.audit.records import flat_columns, format_time, rule_ids
 from geopin.audit.schema import checkpoints, nodes, pending, record_rules, records
 from geopin.audit.store import (
@@ -68,8 +70,13 @@ class Sequencer:
         checkpoint_interval_s: float = 10.0,
         batch_size: int = 5000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_checkpoint: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_checkpoint`` is called with True after each checkpoint is signed, stored and
+        appended to the checkpoint file, with False when one that was due could not be; what
+        it raises is logged, never passed on."""
         self.engine = engine
+        self.on_checkpoint = on_checkpoint
         self.signing_key = signing_key
         self.checkpoint_file = (
             CheckpointFile(checkpoint_file)
@@ -80,29 +87,82 @@ class Sequencer:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.batch_size = batch_size
         self.clock = clock
+        self._file_lock = _file_lock(engine)
+        self._signing = False  # a checkpoint is being signed in the current transaction
+        self._pending_since: float | None = None  # oldest record seen pending, not yet taken
+        self._last_wait_s = 0.0  # how long the oldest record taken by the last run had waited
+
+    def sequencing_lag_s(self) -> float:
+        """How far behind sequencing is, in seconds: the age of the oldest record the last run
+        saw pending and could not take (locked out, failed), else how long the oldest record
+        it took had been waiting. Cheap: no database access."""
+        if self._pending_since is not None:
+            return max(0.0, time.time() - self._pending_since)
+        return self._last_wait_s
 
     def run_once(self, *, force_checkpoint: bool = False, wait: bool = False) -> SequenceResult:
         """Sequence everything pending now, batch by batch; sign a checkpoint when one is due
         (or whenever the tree grew, with ``force_checkpoint``). ``wait`` blocks on another
         sequencer's lock instead of leaving the work to it."""
+        if self._file_lock is not None and not self._file_lock.acquire(wait=wait):
+            self._observe_pending()
+            return SequenceResult(0, 0, -1, None, True)
+        try:
+            return self._run_batches(force_checkpoint, wait)
+        finally:
+            if self._file_lock is not None:
+                self._file_lock.release()
+
+    def _run_batches(self, force_checkpoint: bool, wait: bool) -> SequenceResult:
         sequenced = duplicates = 0
         signed: Checkpoint | None = None
+        first_wait: float | None = None
         while True:
-            with translate_errors("sequencing audit records"):
-                with write_connection(self.engine) as conn:
-                    with conn.begin():
-                        if not self._lock(conn, wait):
-                            return SequenceResult(sequenced, duplicates, -1, signed, True)
-                        done, dropped, size = self._sequence_batch(conn)
-                        final = done + dropped < self.batch_size
-                        note = self._maybe_checkpoint(conn, size, force_checkpoint and final)
+            self._signing = False
+            try:
+                with translate_errors("sequencing audit records"):
+                    with write_connection(self.engine) as conn:
+                        with conn.begin():
+                            if not self._lock(conn, wait):
+                                self._pending_since = _oldest_pending(conn)
+                                return SequenceResult(sequenced, duplicates, -1, signed, True)
+                            done, dropped, size, oldest = self._sequence_batch(conn)
+                            final = done + dropped < self.batch_size
+                            note = self._maybe_checkpoint(conn, size, force_checkpoint and final)
+                if note is not None:
+                    self._publish(note[1])
+            except AuditError:
+                if self._signing:
+                    self._checkpoint_done(False)
+                self._observe_pending()
+                raise
+            if first_wait is None and oldest is not None:
+                first_wait = max(0.0, time.time() - oldest)
             sequenced += done
             duplicates += dropped
             if note is not None:
                 signed = note[0]
-                self._publish(note[1])
+                self._checkpoint_done(True)
             if final:
+                self._pending_since = None
+                self._last_wait_s = first_wait or 0.0
                 return SequenceResult(sequenced, duplicates, size, signed)
+
+    def _observe_pending(self) -> None:
+        """Note the oldest pending record's time for ``sequencing_lag_s`` (one indexed row)."""
+        try:
+            with self.engine.connect() as conn:
+                self._pending_since = _oldest_pending(conn)
+        except sa.exc.SQLAlchemyError:
+            pass  # the lag stays as last seen; the failure itself is reported elsewhere
+
+    def _checkpoint_done(self, ok: bool) -> None:
+        if self.on_checkpoint is None:
+            return
+        try:
+            self.on_checkpoint(ok)
+        except Exception:
+            log.exception("audit sequencer on_checkpoint hook failed")
 
     async def run(self, stop: asyncio.Event, *, poll_interval_s: float = 0.25) -> None:
         """Sequence in the background until ``stop`` is set, then make one last pass that waits
@@ -148,7 +208,9 @@ class Sequencer:
             return True
         return bool(conn.scalar(_PG_LOCK))
 
-    def _sequence_batch(self, conn: Connection) -> tuple[int, int, int]:
+    def _sequence_batch(self, conn: Connection) -> tuple[int, int, int, float | None]:
+        """(records sequenced, duplicates dropped, the new tree size, the Unix time of the
+        oldest record taken if its id tells it)."""
         rows = conn.execute(
             sa.select(pending.c.id, pending.c.record_id, pending.c.body)
             .order_by(pending.c.id)
@@ -156,7 +218,7 @@ class Sequencer:
         ).all()
         size = tree_size(conn)
         if not rows:
-            return 0, 0, size
+            return 0, 0, size, None
         ids = [row.record_id for row in rows]
         seen: set[str] = set()
         for part in chunks(ids):
@@ -192,7 +254,7 @@ class Sequencer:
         pending_ids = [row.id for row in rows]
         for part in chunks(pending_ids):
             conn.execute(pending.delete().where(pending.c.id.in_(part)))
-        return len(fresh), len(seen), size + len(fresh)
+        return len(fresh), len(seen), size + len(fresh), _id_time(rows[0].record_id)
 
     def _maybe_checkpoint(
         self, conn: Connection, size: int, force: bool
@@ -203,6 +265,7 @@ class Sequencer:
         if previous is not None:
             if size <= previous.size:
                 if size < previous.size:
+                    self._signing = True
                     raise VerificationError(
                         f"refusing to sign: the log has {size} records but checkpoint "
                         f"{previous.size} was already signed (the log was truncated)"
@@ -212,6 +275,7 @@ class Sequencer:
             age = (self.clock() - _parse_time(previous.created_at)).total_seconds()
             if not force and grown < self.checkpoint_every and age < self.checkpoint_interval_s:
                 return None
+        self._signing = True
         new_root = load_frontier(conn, size).root()
         if previous is not None:
             self._check_extends(conn, previous.note, size, new_root)
@@ -241,6 +305,31 @@ class Sequencer:
                 f"refusing to sign: the tree of size {size} is not consistent with the signed "
                 f"checkpoint of size {old.size} (the log was rewritten); run `geopin audit verify`"
             )
+
+
+def _file_lock(engine: Engine) -> FileLock | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database:
+        return None
+    return FileLock(f"{database}-sequencer.lock")
+
+
+def _oldest_pending(conn: Connection) -> float | None:
+    first = conn.scalar(sa.select(pending.c.record_id).order_by(pending.c.id).limit(1))
+    if first is None:
+        return None
+    return _id_time(first) or time.time()
+
+
+def _id_time(record_id: str) -> float | None:
+    """The creation time a UUIDv7 record id carries (its first 48 bits are Unix ms)."""
+    digits = record_id.replace("-", "")
+    if len(digits) != 32 or digits[12] != "7":
+        return None
+    try:
+        return int(digits[:12], 16) / 1000
+    except ValueError:
+        return None
 
 
 def _parse_time(text: str) -> datetime:

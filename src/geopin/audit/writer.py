@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,12 @@ class AuditWriter:
         max_batch: int = 4096,
         retry_interval_s: float = 1.0,
         check: bool = True,
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_commit`` is called in the writer's thread after each committed transaction
+        with its duration in seconds; what it raises is logged, never passed on."""
         self.engine = engine
+        self.on_commit = on_commit
         self.spool = Spool(spool) if isinstance(spool, str | Path) else spool
         self.max_batch = max_batch
         self.retry_interval_s = retry_interval_s
@@ -79,6 +84,7 @@ class AuditWriter:
         self._spooled = 0
         self._spool_backlog = 0
         self._latencies: deque[float] = deque(maxlen=1024)
+        self._stats_lock = threading.Lock()  # stats() may be called from any thread
 
     async def start(self) -> None:
         if self._task is not None:
@@ -118,19 +124,27 @@ class AuditWriter:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         self._executor.shutdown(wait=True)
 
+    @property
+    def queue_depth(self) -> int:
+        """Records accepted by ``record()`` and not yet committed (safe from any thread)."""
+        return len(self._queue) + self._in_flight
+
     def stats(self) -> WriterStats:
-        ordered = sorted(self._latencies)
+        with self._stats_lock:
+            latencies = list(self._latencies)
+            transactions, records = self._transactions, self._records
+        ordered = sorted(latencies)
 
         def pct(p: float) -> float | None:
             return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else None
 
         return WriterStats(
-            queue_depth=len(self._queue) + self._in_flight,
-            transactions=self._transactions,
-            records=self._records,
+            queue_depth=self.queue_depth,
+            transactions=transactions,
+            records=records,
             spooled=self._spooled,
             spool_backlog=self._spool_backlog,
-            last_commit_s=self._latencies[-1] if self._latencies else None,
+            last_commit_s=latencies[-1] if latencies else None,
             commit_p50_s=pct(0.50),
             commit_p99_s=pct(0.99),
         )
@@ -197,9 +211,16 @@ class AuditWriter:
         except AuditError:
             self._disconnect()  # a broken connection is not reused
             raise
-        self._latencies.append(time.perf_counter() - started)
-        self._transactions += 1
-        self._records += len(rows)
+        elapsed = time.perf_counter() - started
+        with self._stats_lock:
+            self._latencies.append(elapsed)
+            self._transactions += 1
+            self._records += len(rows)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(elapsed)
+            except Exception:
+                log.exception("audit writer on_commit hook failed")
 
     def _replay_spool(self) -> None:
         if self.spool is None or not self.spool.has_records():
