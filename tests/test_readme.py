@@ -27,7 +27,8 @@ def _section(title: str) -> str:
 
 
 def _blocks(text: str, lang: str = "sh") -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.DOTALL)
+    fenced = re.findall(r"^```(\w*)\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)
+    return [body for kind, body in fenced if kind == lang]
 
 
 def _env() -> dict[str, str]:
