@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from geopin.errors import ConfigError
+from geopin.telemetry.settings import TelemetrySettings
 
 ENV_PREFIX = "GEOPIN_"
 
@@ -108,6 +109,11 @@ class AuditSettings(_Section):
 class Settings(_Section):
     listen: str = Field(default="127.0.0.1:8080", description="Address and port to serve on.")
     workers: int = Field(default=1, ge=1, description="Worker processes.")
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="On SIGTERM, time requests and streams in flight get to finish.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
@@ -149,6 +155,7 @@ class Settings(_Section):
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("listen")
     @classmethod
