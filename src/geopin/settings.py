@@ -125,7 +125,11 @@ class Settings(_Section):
     )
     trusted_proxies: tuple[str, ...] = Field(
         default=(),
-        description="Addresses or networks of proxies whose X-Forwarded-For is believed.",
+        description="Addresses or networks of proxies whose forwarding header is believed.",
+    )
+    forwarding_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        default="x-forwarded-for",
+        description="The one header the trusted proxies write (the other is never read).",
     )
     trusted_cdns: tuple[str, ...] = Field(
         default=(),

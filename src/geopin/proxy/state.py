@@ -85,7 +85,9 @@ def load_state(settings: Settings) -> RuntimeState:
         for endpoint_id, endpoint in policy.endpoints.items()
     }
     problems = tuple(f"endpoint {r.endpoint.id}: {r.problem}" for r in routes.values() if r.problem)
-    trust = TrustConfig.from_strings(settings.trusted_proxies, settings.trusted_cdns)
+    trust = TrustConfig.from_strings(
+        settings.trusted_proxies, settings.trusted_cdns, settings.forwarding_header
+    )
     keys = KeyStore.load(settings.keys_file) if settings.keys_file is not None else None
     resolver = open_resolver(str(settings.geoip_db) if settings.geoip_db else None)
     return RuntimeState(policy, resolver, trust, keys, routes, time.time(), problems)
