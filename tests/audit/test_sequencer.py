@@ -283,3 +283,34 @@ def test_a_sequencer_locked_out_on_sqlite_returns_at_once(engine):
         _release_lock(engine, holder)
     assert result.locked_out and elapsed < 1.0
     assert Sequencer(engine).run_once().sequenced == 1
+
+
+def test_a_torn_checkpoint_file_tail_is_removed_by_the_next_checkpoint(engine, key, tmp_path):
+    cp_file = tmp_path / "checkpoints"
+    sequencer = Sequencer(engine, signing_key=key, checkpoint_file=cp_file)
+    add_pending(engine, [make_record(n) for n in range(2)])
+    sequencer.run_once(force_checkpoint=True)
+    with cp_file.open("a", encoding="utf-8") as f:
+        f.write("audit.test/geopin\n3\n")  # a crash during an append
+    add_pending(engine, [make_record(n) for n in range(2, 4)])
+    result = sequencer.run_once(force_checkpoint=True)
+    notes = CheckpointFile(cp_file).read()
+    assert [key.verifier().open(n).size for n in notes] == [2, result.tree_size] == [2, 4]
+
+
+def test_a_checkpoint_file_that_cannot_be_written_does_not_stop_the_sequencer(
+    engine, key, tmp_path
+):
+    from geopin.errors import AuditError
+
+    heard: list[bool] = []
+    sequencer = Sequencer(
+        engine, signing_key=key, checkpoint_file=tmp_path, on_checkpoint=heard.append
+    )
+    add_pending(engine, [make_record(1)])
+    with pytest.raises(AuditError, match="checkpoint signed but not appended") as caught:
+        sequencer.run_once(force_checkpoint=True)
+    assert not isinstance(caught.value, VerificationError)  # not taken for a refusal to sign
+    assert heard == [False]
+    with engine.connect() as conn:  # signed and stored in the database all the same
+        assert conn.scalar(sa.select(sa.func.count()).select_from(checkpoints)) == 1

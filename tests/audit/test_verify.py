@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from audit_factories import append_and_sequence, make_outcome, make_record
 
 from geopin.audit.canonical import canonical_json
-from geopin.audit.checkpoint import SigningKey
+from geopin.audit.checkpoint import Checkpoint, SigningKey
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
 from geopin.audit.schema import checkpoints, nodes, record_rules, records
@@ -259,3 +259,61 @@ def test_verify_streams_in_chunks(engine, key, monkeypatch):
     assert verify_log(engine, verifier=key.verifier()).ok
     _edit(engine, records.update().where(records.c.seq == 7).values(model="other"))
     assert verify_log(engine, verifier=key.verifier()).first_bad_seq == 7
+
+
+def _lines(path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return f.readlines()
+
+
+def test_torn_checkpoint_file_tail_is_a_finding_and_the_entries_before_it_are_checked(log, key):
+    engine, cp_file = log
+    whole = _lines(cp_file)
+    with open(cp_file, "a", encoding="utf-8") as f:
+        f.write("audit.test/geopin\n99\n")  # a crash during the next append
+    report = _verify(log, key)
+    assert _codes(report) == {"checkpoint_file_torn"}
+    assert report.file_checkpoints == 2  # both complete notes were still opened and compared
+    (problem,) = report.problems
+    assert problem.message.startswith(f"{cp_file}:{len(whole) + 1}: ")
+    assert "2 complete entries before it were checked" in problem.message
+
+
+def test_torn_tail_keeps_checking_the_complete_notes_against_the_log(log, key):
+    """A complete note that disagrees with the log is still found before a torn tail."""
+    engine, cp_file = log
+    whole = _lines(cp_file)
+    forged = key.sign(Checkpoint("audit.test/geopin", 8, b"\x05" * 32))
+    with open(cp_file, "w", encoding="utf-8") as f:
+        f.write(forged + "\n" + "".join(whole) + "audit.test/geo")
+    report = _verify(log, key)
+    assert _codes(report) == {"checkpoint_file_torn", "checkpoint_mismatch"}
+
+
+def test_damaged_checkpoint_file_is_a_finding_with_its_line(log, key):
+    engine, cp_file = log
+    whole = _lines(cp_file)
+    second = whole.index("\n", whole.index("\n") + 1) + 1  # where the second entry starts
+    whole[second] = "\n"  # a blank line where a note should start
+    with open(cp_file, "w", encoding="utf-8") as f:
+        f.writelines(whole)
+    report = _verify(log, key)
+    assert _codes(report) == {"checkpoint_file_damaged"}
+    (problem,) = report.problems
+    assert problem.message.startswith(f"{cp_file}:{second + 1}: blank line where a note")
+    assert "the 1 entries before it were checked" in problem.message
+    assert report.file_checkpoints == 1
+
+
+def test_checkpoint_file_that_is_not_utf8_or_unreadable(log, key, tmp_path):
+    engine, cp_file = log
+    with open(cp_file, "ab") as f:
+        f.write(b"\xff\xfe\n")
+    report = _verify(log, key)
+    assert _codes(report) == {"checkpoint_file_damaged"}
+    assert "not valid UTF-8" in report.problems[0].message
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    report = verify_log(engine, verifier=key.verifier(), checkpoint_file=str(directory))
+    assert _codes(report) == {"checkpoint_file"}
+    assert str(directory) in report.problems[0].message

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
-from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey
+from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey, TornEntryError
 from geopin.audit.db import translate_errors, write_connection
 from geopin.audit.lock import FileLock
 from geopin.audit.records import flat_columns, format_time, rule_ids
@@ -190,9 +190,21 @@ class Sequencer:
         if self.checkpoint_file is None:
             return
         try:
-            self.checkpoint_file.append(note)
-        except OSError as exc:
+            try:
+                self.checkpoint_file.append(note)
+            except TornEntryError:
+                # A crash during an earlier append; that checkpoint is in the database, and
+                # the file can take no entry after a partial one.
+                removed = self.checkpoint_file.discard_torn_tail()
+                log.warning(
+                    "checkpoint file %s ended in an incomplete entry, removed: %r",
+                    self.checkpoint_file.path,
+                    removed,
+                )
+                self.checkpoint_file.append(note)
+        except (OSError, ValueError, AuditError) as exc:
             # Stored and signed in the database already; the next checkpoint is appended again.
+            # Not a VerificationError: that would stop the sequencer as a refusal to sign does.
             raise AuditError(
                 f"checkpoint signed but not appended to {self.checkpoint_file}: {exc}"
             ) from exc

@@ -24,12 +24,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
 from geopin.audit.canonical import canonical_json
-from geopin.audit.checkpoint import CheckpointFile, VerifierKey
+from geopin.audit.checkpoint import CheckpointFile, TornEntryError, VerifierKey
 from geopin.audit.db import translate_errors
 from geopin.audit.records import flat_columns, rule_ids
 from geopin.audit.schema import FLAT_FIELDS, checkpoints, nodes, record_rules, records
 from geopin.audit.store import fetch_nodes
-from geopin.errors import VerificationError
+from geopin.errors import AuditError, VerificationError
 
 _CHUNK = 2000
 _MAX_PROBLEMS = 100  # enough to act on; the count goes on
@@ -139,11 +139,7 @@ def _db_checkpoints(
 def _file_checkpoints(
     path: str, verifier: VerifierKey | None, report: VerifyReport
 ) -> list[_Expected]:
-    try:
-        notes = CheckpointFile(path).read()
-    except OSError as exc:
-        report.add(None, "checkpoint_file", f"checkpoint file {path}: {exc}")
-        return []
+    notes = _read_checkpoint_file(path, report)
     out = []
     for number, note in enumerate(notes, 1):
         report.file_checkpoints += 1
@@ -157,6 +153,31 @@ def _file_checkpoints(
     if not notes:
         report.warnings.append(f"checkpoint file {path} holds no checkpoints")
     return out
+
+
+def _read_checkpoint_file(path: str, report: VerifyReport) -> list[str]:
+    """The complete notes of the file; a torn last entry, damage or a read failure becomes a
+    finding (the notes before a torn or damaged entry are still checked)."""
+    notes: list[str] = []
+    try:
+        notes.extend(CheckpointFile(path).iter_notes())
+    except TornEntryError as exc:
+        report.add(
+            None,
+            "checkpoint_file_torn",
+            f"{exc.path}:{exc.line}: the last checkpoint entry (from byte {exc.offset}) is "
+            f"incomplete, as a crash during its write leaves it; the {len(notes)} complete "
+            "entries before it were checked, the next checkpoint appended removes it",
+        )
+    except VerificationError as exc:  # names the file and line
+        report.add(
+            None,
+            "checkpoint_file_damaged",
+            f"{exc}; the {len(notes)} entries before it were checked",
+        )
+    except AuditError as exc:
+        report.add(None, "checkpoint_file", f"checkpoint file {path}: {exc}")
+    return notes
 
 
 def _open_note(note: str, verifier: VerifierKey | None) -> tuple[int, bytes]:
