@@ -132,9 +132,7 @@ def _run(
         data_class=case.request.data_class,
     )
     for name in _unknown_names(policy, case):
-        problems.append(
-            Problem(positions.at(("cases", index, "expect")), "unknown-name", name)
-        )
+        problems.append(Problem(positions.at(("cases", index, "expect")), "unknown-name", name))
     decision = decide(policy, ctx)
     expect = case.expect
     failures: list[str] = []
@@ -161,9 +159,7 @@ def _run(
         check("deny_code", str(expect.deny_code), str(decision.deny_code))
     if expect.deny_rule is not None:
         check("deny_rule", expect.deny_rule, decision.deny_rule)
-    return CaseResult(
-        case.note, position, failures, explain(policy, ctx) if failures else None
-    )
+    return CaseResult(case.note, position, failures, explain(policy, ctx) if failures else None)
 
 
 def _location(request: CaseRequest, locate: Locator | None) -> Location | None:

@@ -202,9 +202,7 @@ def _check_rules(source: PolicySource, served: set[str], problems: list[Problem]
                         )
                     )
         for i, pattern in enumerate(rule.models or ()):
-            if not any(
-                fnmatch.fnmatchcase(m, pattern) for m in served | source.broken
-            ):
+            if not any(fnmatch.fnmatchcase(m, pattern) for m in served | source.broken):
                 problems.append(
                     Problem(
                         located.at("models", i),

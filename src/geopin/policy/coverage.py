@@ -23,7 +23,7 @@ def coverage_warnings(policy: CompiledPolicy, source: PolicySource) -> list[Prob
     endpoint is. Locations are those the policy names, one country it names nowhere, and the
     unknown location; tenants are every tenant and no tenant.
     """
-    gaps: dict[tuple[str | None, str], str | None] = {}  # (tenant, model, label) -> rule
+    gaps: dict[tuple[str | None, str, str], str | None] = {}  # (tenant, model, label) -> rule
     baseline: set[tuple[str, str]] = set()
     samples = _sample_locations(policy)
     for tenant in [None, *sorted(policy.tenants)]:

@@ -88,11 +88,8 @@ def matching_rules(policy: CompiledPolicy, ctx: RequestContext) -> list[Compiled
 
 def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
     """The decision, computed afresh (``decide`` memoises it)."""
-    common = {
-        "policy_version": policy.version,
-        "prefer_tier": policy.prefer_tier.get(ctx.model, policy.default_tier),
-        "data_class": ctx.data_class or policy.default_data_class,
-    }
+    prefer = policy.prefer_tier.get(ctx.model, policy.default_tier)
+    data_class = ctx.data_class or policy.default_data_class
     serving = policy.serving.get(ctx.model)
     if serving is None:
         return Decision(
@@ -103,7 +100,9 @@ def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
             matched=(),
             reason=f"no endpoint serves the model '{ctx.model}'",
             deny_code=DenyCode.UNKNOWN_MODEL,
-            **common,
+            policy_version=policy.version,
+            prefer_tier=prefer,
+            data_class=data_class,
         )
     rules = matching_rules(policy, ctx)
     matched = tuple(RuleMatch(r.id, r.effect, r.place_names) for r in rules)
@@ -120,7 +119,9 @@ def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
             legal_basis=first.legal_basis,
             deny_code=DenyCode.RULE,
             deny_rule=first.id,
-            **common,
+            policy_version=policy.version,
+            prefer_tier=prefer,
+            data_class=data_class,
         )
     permitted = ANYWHERE
     for rule in rules:
@@ -140,7 +141,9 @@ def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
             legal_basis=legal,
             deny_code=DenyCode.NO_PERMITTED_PLACE,
             deny_rule=constraining[-1].id if constraining else None,
-            **common,
+            policy_version=policy.version,
+            prefer_tier=prefer,
+            data_class=data_class,
         )
     codes = permitted.codes()
     candidates = [e for e in serving if e.processes_within(permitted)]
@@ -156,9 +159,11 @@ def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
             legal_basis=legal,
             deny_code=DenyCode.NO_COMPLIANT_ENDPOINT,
             deny_rule=constraining[-1].id if constraining else None,
-            **common,
+            policy_version=policy.version,
+            prefer_tier=prefer,
+            data_class=data_class,
         )
-    ordered, ranks = rank_candidates(candidates, common["prefer_tier"], ctx.location)
+    ordered, ranks = rank_candidates(candidates, prefer, ctx.location)
     return Decision(
         action=Action.ROUTE,
         permitted=codes,
@@ -168,7 +173,9 @@ def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
         reason=_join(r.reason for r in constraining)
         or "permitted by " + ", ".join(r.id for r in constraining),
         legal_basis=legal,
-        **common,
+        policy_version=policy.version,
+        prefer_tier=prefer,
+        data_class=data_class,
     )
 
 

@@ -7,7 +7,7 @@ a policy with any error is never compiled.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -245,7 +245,9 @@ def _validate_sections(
                     Problem(positions.at((key,)), "invalid-value", f"'{key}' must be a {kind}")
                 )
                 continue
-            items = enumerate(value) if origin is list else value.items()
+            items: Iterable[tuple[Any, Any]] = (
+                enumerate(value) if isinstance(value, list) else value.items()
+            )
             good: Any = [] if origin is list else {}
             for name, item in items:
                 try:
@@ -262,7 +264,7 @@ def _validate_sections(
             clean[key] = good
         else:
             try:
-                clean[key] = TypeAdapter(info.annotation).validate_python(value)
+                clean[key] = TypeAdapter(info.annotation or Any).validate_python(value)
             except ValidationError as exc:
                 problems.extend(_schema_problems(exc, positions, info.annotation, (key,)))
     return PolicyFile.model_validate(clean), broken, kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from enum import StrEnum
 from functools import lru_cache
 
@@ -53,7 +54,7 @@ def looks_like_code(name: str) -> bool:
     return bool(_COUNTRY.match(name) or _SUBDIVISION.match(name))
 
 
-def classify(name: str, jurisdictions: set[str] | frozenset[str] | dict) -> NameKind:
+def classify(name: str, jurisdictions: Container[str]) -> NameKind:
     """How a policy token is read: a jurisdiction name first, then an ISO code."""
     if name == UNKNOWN_TOKEN:
         return NameKind.UNKNOWN
