@@ -30,6 +30,7 @@ from geopin.proxy.state import AuditSink, Runtime, RuntimeState, StateHolder, lo
 from geopin.routing.health import HealthBoard
 from geopin.routing.probe import Prober
 from geopin.settings import Settings, load_settings
+from geopin.telemetry.providers import Telemetry
 
 log = logging.getLogger("geopin")
 
@@ -59,7 +60,10 @@ class GeopinApp:
                 auth_headers=self._probe_auth,
             )
         self.ready = False
-        self.admin = build_admin(runtime, self.reloader, lambda: self.ready)
+        # Readiness goes false as soon as a drain starts, so balancers stop sending new work.
+        self.admin = build_admin(
+            runtime, self.reloader, lambda: self.ready and not runtime.draining
+        )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -108,6 +112,8 @@ class GeopinApp:
             await audit.close()
         await self._stop_sequencer()
         self.runtime.holder.current.resolver.close()
+        # Last: the final exports carry everything above (bounded by shutdown_timeout_s).
+        await asyncio.to_thread(self.runtime.telemetry.shutdown)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -149,7 +155,11 @@ class GeopinApp:
 
 
 def build_app(
-    settings: Settings, *, audit: AuditSink | None = None, probes: bool = True
+    settings: Settings,
+    *,
+    audit: AuditSink | None = None,
+    probes: bool = True,
+    telemetry: Telemetry | None = None,
 ) -> GeopinApp:
     """The router for ``settings``. Raises PolicyError, GeoIPError, ConfigError or
     SchemaOutOfDate when something it needs is invalid; ``audit`` replaces the audit writer."""
@@ -174,8 +184,26 @@ def build_app(
         audit=audit,
         client_key=client_key,
         admin_token=admin_token,
+        telemetry=telemetry or Telemetry.from_settings(settings.telemetry),
     )
+    _watch(runtime, sequencer)
     return GeopinApp(runtime, probes=probes, sequencer=sequencer)
+
+
+def _watch(runtime: Runtime, sequencer: Sequencer | None) -> None:
+    """Gauges read on collection: breakers from the last snapshot a request was routed
+    with (the exporter's thread never calls the board), the audit queue and lag."""
+    metrics = runtime.telemetry.metrics
+    if not metrics.enabled:
+        return
+    metrics.watch_breakers(lambda: runtime.last_health or {})
+    audit = runtime.audit
+    if isinstance(audit, AuditWriter) and hasattr(audit, "on_commit"):
+        audit.on_commit = lambda seconds: metrics.audit_commit(duration_s=seconds)
+        metrics.watch_audit(queue_depth=lambda: audit.queue_depth)
+    if sequencer is not None and hasattr(sequencer, "on_checkpoint"):
+        sequencer.on_checkpoint = lambda ok: metrics.checkpoint(ok=ok)
+        metrics.watch_audit(sequencing_lag=sequencer.sequencing_lag_s)
 
 
 def app_from_environment() -> GeopinApp:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from ipaddress import ip_address
 
 import pytest
@@ -19,6 +20,7 @@ FIELDS = {
     "level",
     "logger",
     "message",
+    "pid",
     "decision_id",
     "trace_id",
     "method",
@@ -88,6 +90,7 @@ def test_one_json_line_per_request(stream):
     assert record["latency_ms"] == 123.4
     assert record["status"] == 200 and record["tenant"] == "acme"
     assert record["time"].endswith("+00:00")
+    assert record["pid"] == os.getpid()  # which worker answered, with several
 
 
 def test_no_credential_prompt_or_address_reaches_the_log(stream):

@@ -1,10 +1,12 @@
-"""``geopin serve``: run the router under uvicorn (uvloop, httptools, no access log)."""
+"""``geopin serve``: run the router under uvicorn (uvloop, httptools), with geopin's JSON logs
+and access log, a graceful drain on SIGTERM and, with ``--workers N``, N processes."""
 
 from __future__ import annotations
 
-import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -47,11 +49,17 @@ def serve(
         if value is not None:
             environ[name] = str(value)
     from geopin.app import build_app
+    from geopin.proxy.serving import serve as serve_one
+    from geopin.proxy.serving import serve_workers
+    from geopin.telemetry import Telemetry, configure_logging
 
     try:  # everything is loaded and checked here, before a socket is opened
         settings = load_settings(config, environ)
-        _configure_logging(settings)
-        app = build_app(settings)
+        logging_options = _logging_options(settings)
+        configure_logging(**logging_options)
+        # With several workers each builds its own app and telemetry; the parent only checks.
+        quiet = Telemetry.from_settings() if settings.workers > 1 else None
+        app = build_app(settings, telemetry=quiet)
     except GeopinError as exc:
         _refuse(exc)
     host, port = listen_address(settings.listen)
@@ -60,16 +68,17 @@ def serve(
         "port": port,
         "loop": "uvloop",
         "http": "httptools",
-        "access_log": False,  # geopin's own structured log replaces it
+        "access_log": False,  # geopin's own access log replaces it
+        "log_config": None,  # keep the handlers configure_logging installed
         "log_level": settings.log_level,
         "server_header": False,
         # uvicorn would otherwise rewrite the peer address from X-Forwarded-For sent by
         # 127.0.0.1; geopin reads forwarding headers itself, from trusted proxies only.
         "proxy_headers": False,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": max(int(settings.shutdown_grace_s), 1),
     }
     if settings.workers == 1:
-        uvicorn.Server(uvicorn.Config(app, **options)).run()
+        serve_one(uvicorn.Config(app, **options), settings.shutdown_grace_s)
         return
     # Each worker builds its own app from the same settings file and environment.
     from geopin.app import CONFIG_ENVVAR
@@ -78,17 +87,32 @@ def serve(
     os.environ.update(environ)
     if config is not None:
         os.environ[CONFIG_ENVVAR] = str(config.resolve())
-    uvicorn.run(
-        "geopin.app:app_from_environment", factory=True, workers=settings.workers, **options
-    )
+    metrics_dir = None
+    if settings.telemetry.metrics_dir is None:
+        # Each worker leaves its series here for whichever worker answers the scrape.
+        metrics_dir = tempfile.mkdtemp(prefix="geopin-metrics-")
+        os.environ["GEOPIN_TELEMETRY_METRICS_DIR"] = metrics_dir
+    try:
+        status = serve_workers(
+            uvicorn.Config("geopin.app:app_from_environment", factory=True, **options),
+            settings.workers,
+            settings.shutdown_grace_s,
+            logging_options,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    if status:
+        sys.exit(status)
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging_options(settings: Settings) -> dict[str, Any]:
+    telemetry = settings.telemetry
+    return {
+        "level": telemetry.log_level or settings.log_level,
+        "json": telemetry.log_format == "json",
+        "access": telemetry.access_log,
+    }
 
 
 def _refuse(exc: GeopinError) -> NoReturn:

@@ -7,6 +7,7 @@ Every route needs ``Authorization: Bearer <admin token>`` except ``/_geopin/heal
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -196,6 +197,36 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
             )
         ctx = RequestContext(location, request.model, request.tenant, request.data_class)
         return explain(state.policy, ctx).to_dict()
+
+    telemetry = runtime.telemetry
+
+    @admin.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "content": {telemetry.prometheus_content_type: {}},
+                "description": "Every worker's metrics in the Prometheus text format.",
+            },
+            404: {"description": "The scrape is off (telemetry.prometheus: false)."},
+        },
+    )
+    async def metrics() -> Response:
+        """The router's metrics for a Prometheus scrape (``telemetry.prometheus: true``)."""
+        if not telemetry.serves_metrics:
+            raise _AdminError(
+                404,
+                "the metrics scrape is off (telemetry.prometheus: false)",
+                "not_found",
+                "not_found",
+            )
+        # Rendering runs the gauges' callbacks and reads sibling workers' files: off the loop.
+        text = await asyncio.to_thread(telemetry.render_metrics)
+        return Response(
+            text,
+            media_type=telemetry.prometheus_content_type,
+            headers={"cache-control": "no-store"},
+        )
 
     @admin.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:

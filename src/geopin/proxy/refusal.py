@@ -123,6 +123,18 @@ def audit_unavailable(decision_id: str, retry_after_s: int) -> ErrorResponse:
     )
 
 
+def shutting_down(retry_after_s: int) -> ErrorResponse:
+    """503 for a request that arrives while the router drains before exiting. ``Connection:
+    close`` so the client's next request opens a connection to another instance."""
+    return error_response(
+        503,
+        "this router is shutting down; retry on another instance",
+        "server_error",
+        "shutting_down",
+        headers=[(b"retry-after", str(retry_after_s).encode()), (b"connection", b"close")],
+    )
+
+
 def bad_request(message: str, code: str, param: str | None = None) -> ErrorResponse:
     return error_response(400, message, "invalid_request_error", code, param=param)
 

@@ -72,6 +72,7 @@ class Reloader:
                 self._fingerprint = fingerprint  # not retried until something changes again
                 failure = describe_failure(exc, failure_kind(exc))
                 holder.failure = failure
+                self.runtime.telemetry.metrics.policy_reload(ok=False, what=failure.what)
                 log.error(
                     "reload (%s) rejected, still serving policy %s:\n%s",
                     reason,
@@ -88,6 +89,7 @@ class Reloader:
             self._fingerprint = fingerprint
             holder.current = new
             holder.failure = None
+            self.runtime.telemetry.metrics.policy_reload(ok=True)
             if self._on_swap is not None:
                 self._on_swap(new)
             if new.resolver is not old.resolver:

@@ -21,7 +21,8 @@ from geopin.policy.decision import CredentialRef
 from geopin.policy.loader import load_policy, policy_files
 from geopin.proxy.forward import UpstreamClient
 from geopin.proxy.upstream import Route, prepare_route
-from geopin.routing.health import HealthBoard
+from geopin.routing.health import HealthBoard, HealthSnapshot
+from geopin.telemetry.providers import Telemetry
 
 if TYPE_CHECKING:
     from geopin.policy.compile import CompiledPolicy
@@ -149,7 +150,13 @@ class Runtime:
     audit: AuditSink
     client_key: bytes  # HMAC key for client addresses in audit records
     admin_token: str | None
+    telemetry: Telemetry = field(default_factory=Telemetry.from_settings)
     background: set[asyncio.Task] = field(default_factory=set)
+    # The health snapshot the last request was routed with, for the breaker gauge: the metrics
+    # exporter's thread reads this immutable value and never calls the board itself.
+    last_health: HealthSnapshot | None = None
+    in_flight: int = 0  # proxied requests (streams included) not yet answered to the end
+    draining: bool = False  # set on SIGTERM: new requests get 503, readiness goes false
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` after the response, keeping a reference until it ends."""

@@ -98,6 +98,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which worker process, with several
         }
         access = getattr(record, "geopin_access", None)
         if isinstance(access, dict):

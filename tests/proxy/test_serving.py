@@ -1,0 +1,278 @@
+"""`geopin serve` as a real process: the drain on SIGTERM with a stream open, and several
+workers sharing one audit database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from geopin.audit.db import create_audit_engine
+from geopin.audit.migrate import upgrade
+from geopin.audit.schema import pending, records
+from geopin.keys import KeyStore
+
+from .conftest import chat_body, endpoint_yaml, write_policy
+
+pytestmark = pytest.mark.slow
+
+ADMIN = "serve-admin-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Served:
+    """A `geopin serve` subprocess and what it needs: settings file, keys, audit database."""
+
+    def __init__(self, tmp: Path, upstream_url: str, *, workers: int = 1, **settings: Any):
+        self.tmp = tmp
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        policy = write_policy(tmp / "policy", [endpoint_yaml("eu-se", upstream_url + "/v1", "SE")])
+        keys_file = tmp / "keys.json"
+        with KeyStore.editing(keys_file) as store:
+            self.key = store.create("t1")[1]
+        self.db = f"sqlite:///{tmp / 'audit.db'}"
+        engine = create_audit_engine(self.db)
+        upgrade(engine)
+        engine.dispose()
+        config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "workers": workers,
+            "policy_dir": str(policy),
+            "keys_file": str(keys_file),
+            "trusted_cdns": ["127.0.0.1"],
+            "admin_token": ADMIN,
+            "probes": {"enabled": False},
+            "reload": {"poll_interval_s": 0},
+            "audit": {"database_url": self.db},
+            **settings,
+        }
+        (tmp / "geopin.yaml").write_text(json.dumps(config))
+        self.stderr = open(tmp / "stderr.log", "w+b")  # noqa: SIM115 - closed in stop()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "geopin", "serve", "--config", str(tmp / "geopin.yaml")],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            env=env,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                if httpx.get(self.url + "/_geopin/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("geopin serve did not become ready\n" + self.log())
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}", "cf-ipcountry": "SE"}
+
+    def log(self) -> str:
+        self.stderr.flush()
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("logger") == "geopin.access":
+                out.append(entry)
+        return out
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every record in the database, sequenced or still pending."""
+        engine = sa.create_engine(self.db)
+        try:
+            with engine.connect() as conn:
+                bodies = [r[0] for r in conn.execute(sa.select(pending.c.body))]
+                bodies += [r[0] for r in conn.execute(sa.select(records.c.body))]
+        finally:
+            engine.dispose()
+        return [json.loads(body) for body in bodies if body is not None]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.stderr.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    started: list[Served] = []
+
+    def start(upstream_url: str, **kw: Any) -> Served:
+        server = Served(tmp_path, upstream_url, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_sigterm_drains_an_open_stream_and_exits_zero(served, mocks):
+    # 8 events 250 ms apart: the stream is still running well after SIGTERM.
+    upstream = mocks("eu-se", chunk_delay_ms=250)
+    router = served(upstream.url, shutdown_grace_s=15)
+    events: list[bytes] = []
+    head: dict[str, str] = {}
+    first_event = threading.Event()
+    failure: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            body = chat_body(stream=True)
+            with httpx.stream(
+                "POST",
+                router.url + "/v1/chat/completions",
+                json=body,
+                headers=router.headers(),
+                timeout=30,
+            ) as response:
+                head.update(response.headers)
+                head["status"] = str(response.status_code)
+                for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line.encode())
+                        first_event.set()
+        except BaseException as exc:  # reported by the test thread
+            failure.append(exc)
+            first_event.set()
+
+    client = threading.Thread(target=stream)
+    client.start()
+    assert first_event.wait(20) and not failure, failure
+    signalled = time.monotonic()
+    router.process.send_signal(signal.SIGTERM)
+
+    # While the stream drains: not ready, and new requests are turned away.
+    time.sleep(0.3)
+    assert client.is_alive(), "the stream ended before the drain could be observed"
+    ready = httpx.get(router.url + "/_geopin/readyz", timeout=5)
+    assert ready.status_code == 503
+    try:
+        refused = httpx.post(
+            router.url + "/v1/chat/completions",
+            json=chat_body(),
+            headers=router.headers(),
+            timeout=5,
+        )
+    except httpx.ConnectError:
+        pass  # refused outright is as good
+    else:
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert refused.headers["connection"] == "close"
+
+    client.join(30)
+    assert not failure, failure
+    assert head["status"] == "200"
+    assert events[-1] == b"data: [DONE]", events[-3:]
+    assert router.process.wait(30) == 0, router.log()
+    assert time.monotonic() - signalled < 15
+
+    decision_id = head["x-geopin-decision-id"]
+    kinds = {r["kind"] for r in router.audit() if r.get("decision_id") == decision_id}
+    assert kinds == {"decision", "outcome"}, router.audit()
+    outcome = next(
+        r for r in router.audit() if r.get("decision_id") == decision_id and r["kind"] == "outcome"
+    )
+    assert outcome["status"] == 200
+
+
+def test_sigterm_when_idle_exits_zero_at_once(served, mocks):
+    router = served(mocks("eu-se").url, shutdown_grace_s=20)
+    response = httpx.post(
+        router.url + "/v1/chat/completions", json=chat_body(), headers=router.headers(), timeout=10
+    )
+    assert response.status_code == 200
+    started = time.monotonic()
+    router.process.send_signal(signal.SIGTERM)
+    assert router.process.wait(20) == 0, router.log()
+    assert time.monotonic() - started < 10  # nothing in flight: no waiting for the grace
+
+
+def test_two_workers_share_the_audit_database(served, mocks):
+    router = served(mocks("eu-se").url, workers=2, telemetry={"prometheus": True})
+    seen: set[int] = set()
+    decisions: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 40
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) >= 2 and len(decisions) >= 40:
+                    return
+            # A new connection each time, so the kernel can hand it to either worker.
+            response = httpx.post(
+                router.url + "/v1/chat/completions",
+                json=chat_body(),
+                headers=router.headers() | {"connection": "close"},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+            with lock:
+                decisions.append(response.headers["x-geopin-decision-id"])
+                seen.update(line["pid"] for line in router.access_lines())
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 2, f"only worker(s) {seen} answered"
+
+    # The scrape shows both workers' series, whichever worker answers it (a worker leaves
+    # its snapshot for the other on each scrape it answers and every few seconds).
+    expected = {str(pid) for pid in seen}
+    workers: set[str] = set()
+    deadline = time.monotonic() + 20
+    while workers != expected and time.monotonic() < deadline:
+        scrape = httpx.get(
+            router.url + "/_geopin/metrics",
+            headers={"authorization": f"Bearer {ADMIN}", "connection": "close"},
+            timeout=10,
+        )
+        assert scrape.status_code == 200
+        workers = {
+            line.split('worker="', 1)[1].split('"', 1)[0]
+            for line in scrape.text.splitlines()
+            if line.startswith("geopin_requests_total{")
+        }
+        time.sleep(0.2)
+    assert workers == expected
+
+    router.process.send_signal(signal.SIGTERM)
+    assert router.process.wait(40) == 0, router.log()
+    recorded = {r["decision_id"] for r in router.audit() if r["kind"] == "decision"}
+    assert set(decisions) <= recorded
+    outcomes = {r["decision_id"] for r in router.audit() if r["kind"] == "outcome"}
+    assert set(decisions) <= outcomes
