@@ -26,6 +26,7 @@ from geopin.audit.schema import pending
 from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
 from geopin.settings import Settings
+from geopin.telemetry import Telemetry
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -136,7 +137,12 @@ def chat_body(model: str = "gpt-4o", **extra: Any) -> dict[str, Any]:
 
 
 def start_router(
-    tmp: Path, policy_dir: Path, tenants=("t1",), audit: Any = None, **settings: Any
+    tmp: Path,
+    policy_dir: Path,
+    tenants=("t1",),
+    audit: Any = None,
+    with_telemetry: Telemetry | None = None,
+    **settings: Any,
 ) -> Router:
     keys_file = tmp / "keys.json"
     keys: dict[str, str] = {}
@@ -161,7 +167,7 @@ def start_router(
             values[name] = {**values[name], **value}
         else:
             values[name] = value
-    app = build_app(Settings.model_validate(values), audit=audit)
+    app = build_app(Settings.model_validate(values), audit=audit, telemetry=with_telemetry)
     return serve_app(app, keys)
 
 
