@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 from geopin.telemetry import Telemetry, TelemetrySettings, configure_logging
 
 from .conftest import (
+    audit_records,
     endpoint_yaml,
     last_request,
     start_router,
