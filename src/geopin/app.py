@@ -203,6 +203,7 @@ def _watch(runtime: Runtime, sequencer: Sequencer | None) -> None:
         metrics.watch_audit(queue_depth=lambda: audit.queue_depth)
     if sequencer is not None and hasattr(sequencer, "on_checkpoint"):
         sequencer.on_checkpoint = lambda ok: metrics.checkpoint(ok=ok)
+    if sequencer is not None and hasattr(sequencer, "sequencing_lag_s"):
         metrics.watch_audit(sequencing_lag=sequencer.sequencing_lag_s)
 
 

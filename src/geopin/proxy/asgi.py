@@ -96,7 +96,7 @@ class _Exchange:
         "action",
         "decision_id",
         "location",
-        "client_network",
+        "client_ip",
         "tenant",
         "endpoint",
         "processing_country",
@@ -112,7 +112,7 @@ class _Exchange:
         self.action = "error"  # refused before the policy decided
         self.decision_id: str | None = None
         self.location: Location | None = None
-        self.client_network: str | None = None
+        self.client_ip: Any = None  # only its network prefix is ever logged
         self.tenant: str | None = None
         self.endpoint: str | None = None
         self.processing_country: str | None = None
@@ -197,7 +197,7 @@ class ProxyApp:
             trace_id=exchange.trace_id,
             action=exchange.action,
             client_country=country,
-            client_network=exchange.client_network,
+            client_network=client_prefix(exchange.client_ip),
             endpoint=exchange.endpoint,
             processing_country=exchange.processing_country,
             bytes_in=exchange.bytes_in,
@@ -258,7 +258,7 @@ class ProxyApp:
 
         client, location = self._locate(state, scope, headers)
         exchange.location = location
-        exchange.client_network = client_prefix(client.ip)
+        exchange.client_ip = client.ip
         trace = exchange.trace
         ctx = RequestContext(location, call.model, tenant, data_class)
         span = trace.start_decision()
