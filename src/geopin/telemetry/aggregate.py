@@ -201,7 +201,7 @@ def attach(readers: Iterable[MetricReader], aggregates: Aggregates, resource: Re
     """Make every one of ``readers`` (already registered on a MeterProvider) see
     ``aggregates`` in each collection."""
     for reader in readers:
-        collect: Callable[..., MetricsData | None] | None = reader._collect  # type: ignore[attr-defined]
+        collect: Callable[..., MetricsData | None] | None = reader._collect  # type: ignore[attr-defined,assignment]
         if collect is None:
             raise RuntimeError(f"{type(reader).__name__} is not registered on a MeterProvider")
         reader._set_collect_callback(_merging(collect, aggregates, resource))

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 _BATCH_DELAY_MS = 1000
 # geopin adds its request metrics up itself, cumulatively (see aggregate.py); the gauges are
 # cumulative anyway, so every export says the same kind of thing whatever OTEL_* asks for.
-_CUMULATIVE = {
+_CUMULATIVE: dict[type, AggregationTemporality] = {
     kind: AggregationTemporality.CUMULATIVE
     for kind in (
         Counter,
