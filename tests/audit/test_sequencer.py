@@ -314,3 +314,36 @@ def test_a_checkpoint_file_that_cannot_be_written_does_not_stop_the_sequencer(
     assert heard == [False]
     with engine.connect() as conn:  # signed and stored in the database all the same
         assert conn.scalar(sa.select(sa.func.count()).select_from(checkpoints)) == 1
+
+
+def test_a_batch_stored_in_many_small_transactions_is_one_consistent_log(engine, key):
+    """SQLite stores a batch a few records per transaction; the nodes each one completes go
+    with it, so the tree equals a plain Merkle tree over the same leaves."""
+    from geopin.audit.canonical import canonical_json
+    from geopin.audit.verify import verify_log
+
+    batch = [make_record(n) for n in range(203)]
+    add_pending(engine, batch[:100])
+    first = Sequencer(engine, signing_key=key, batch_size=150).run_once(force_checkpoint=True)
+    assert first.sequenced == 100 and first.duplicates == 0 and first.tree_size == 100
+    add_pending(engine, [batch[7]])  # a replayed duplicate of a sequenced record
+    add_pending(engine, batch[100:])
+    second = Sequencer(engine, signing_key=key, batch_size=60).run_once(force_checkpoint=True)
+    assert second.sequenced == 103 and second.duplicates == 1
+    assert second.checkpoint is not None and second.checkpoint.size == 203
+    leaves = [merkle.leaf_hash(canonical_json(r)) for r in batch]
+    assert second.checkpoint.root == merkle.root(leaves)
+    assert [rid for _, rid in _sequenced(engine)] == [r["id"] for r in batch]
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(pending)) == 0
+    assert verify_log(engine, verifier=key.verifier()).ok
+
+
+def test_only_duplicates_pending_are_dropped(engine):
+    batch = [make_record(n) for n in range(3)]
+    append_and_sequence(engine, batch)
+    add_pending(engine, batch[:2])
+    result = Sequencer(engine).run_once()
+    assert result.sequenced == 0 and result.duplicates == 2
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(pending)) == 0

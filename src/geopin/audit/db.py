@@ -9,7 +9,10 @@ PostgreSQL commits durably with its own ``synchronous_commit`` (on by default).
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -82,6 +85,64 @@ def write_connection(engine: Engine) -> sa.Connection:
     return conn
 
 
+class WriteGate:
+    """A mutex per SQLite file, taken around every write transaction in this process.
+
+    Threads of one process that want SQLite's write lock at once (the audit writer and the
+    sequencer) queue on it and wake the moment it is free, instead of on SQLite's busy handler,
+    which retries after sleeps of 1, 2, 5, ... up to 100 ms. Other processes still meet at
+    SQLite's lock. The request path goes first: background work (``background()``) lets a
+    waiting ``foreground()`` in before it takes the gate, for at most ``_YIELD_S``, since a
+    plain mutex would let the thread that just released it take it straight back.
+    """
+
+    _YIELD_S = 0.01
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = threading.Lock()
+        self._foreground_waiting = 0
+
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        with self._count:
+            self._foreground_waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count:
+                self._foreground_waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def background(self) -> Iterator[None]:
+        deadline = time.monotonic() + self._YIELD_S
+        while self._foreground_waiting and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        with self._lock:
+            yield
+
+
+_GATES: dict[str, WriteGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def sqlite_write_gate(engine: Engine) -> WriteGate | None:
+    """The write gate of the engine's SQLite file (None for PostgreSQL)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database:
+        return None
+    path = os.path.realpath(database)
+    with _GATES_LOCK:
+        gate = _GATES.get(path)
+        if gate is None:
+            gate = _GATES[path] = WriteGate()
+    return gate
+
+
 _UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
@@ -100,6 +161,8 @@ def translate_errors(what: str) -> Iterator[None]:
             else AuditError
         )
         raise cls(f"{what}: {_describe(exc)}") from exc
+    except sqlite3.OperationalError as exc:  # locked, cannot open, disk I/O or disk full
+        raise AuditUnavailable(f"{what}: {_describe(exc)}") from exc
     except (sa.exc.SQLAlchemyError, sqlite3.Error, psycopg.Error) as exc:
         raise AuditError(f"{what}: {_describe(exc)}") from exc
     except OSError as exc:

@@ -1,11 +1,16 @@
 """The sequencer: moves pending records into the Merkle log and signs checkpoints.
 
 Any number of writers (processes, hosts) insert into ``audit_pending``. One sequencer at a time
-(a PostgreSQL transaction-scoped advisory lock, SQLite's ``BEGIN IMMEDIATE`` write lock) takes
-pending rows in pending order and, in one transaction, gives them contiguous sequence numbers,
-stores their flat columns, rules and every newly completed Merkle node, and deletes them from
-pending. Every router process runs one in the background (whoever gets the lock does the work);
-``geopin audit sequence`` runs one on demand.
+(a PostgreSQL transaction-scoped advisory lock; on SQLite a lock file beside the database) takes
+pending rows in pending order, gives them contiguous sequence numbers, stores their flat
+columns, rules and every newly completed Merkle node, and deletes them from pending. Every
+router process runs one in the background (whoever gets the lock does the work, the others
+return at once); ``geopin audit sequence`` runs one on demand.
+
+On PostgreSQL a batch is one transaction. On SQLite, whose single write lock the audit writer
+needs for every request, a batch is prepared in a read transaction and stored a few records per
+write transaction (``geopin.audit.batch``), and the background work runs at the lowest
+scheduling priority: the request path never waits long for the lock or the CPU.
 
 Every ``checkpoint_every`` records or ``checkpoint_interval_s`` seconds the tree head is signed,
 after checking it is consistent with the previous signed checkpoint: a sequencer refuses, loudly,
@@ -16,34 +21,37 @@ then appended to the external checkpoint file, outside the database's reach.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
+from geopin.audit.batch import Batch, apply, id_time, plan, store_in_chunks
 from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey, TornEntryError
-from geopin.audit.db import translate_errors, write_connection
-from geopin.audit.lock import FileLock
-from geopin.audit.records import flat_columns, format_time, rule_ids
-from geopin.audit.schema import checkpoints, nodes, pending, record_rules, records
+from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.lock import FileLock, background_priority
+from geopin.audit.records import format_time
+from geopin.audit.schema import checkpoints, pending
 from geopin.audit.store import (
-    chunks,
+    StoredCheckpoint,
     fetch_nodes,
     latest_checkpoint,
     load_frontier,
     node_reader,
-    tree_size,
 )
 from geopin.errors import AuditError, VerificationError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Per schema, so two audit logs in one PostgreSQL database never wait on each other.
 _PG_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.geopin-seq'))")
@@ -88,6 +96,8 @@ class Sequencer:
         self.batch_size = batch_size
         self.clock = clock
         self._file_lock = _file_lock(engine)
+        self._gate = sqlite_write_gate(engine) or WriteGate()
+        self._storer: ThreadPoolExecutor | None = None
         self._signing = False  # a checkpoint is being signed in the current transaction
         self._pending_since: float | None = None  # oldest record seen pending, not yet taken
         self._last_wait_s = 0.0  # how long the oldest record taken by the last run had waited
@@ -108,10 +118,13 @@ class Sequencer:
             self._observe_pending()
             return SequenceResult(0, 0, -1, None, True)
         try:
-            return self._run_batches(force_checkpoint, wait)
+            result = self._run_batches(force_checkpoint, wait)
         finally:
             if self._file_lock is not None:
                 self._file_lock.release()
+        if self._file_lock is not None and (result.sequenced or result.checkpoint):
+            self._checkpoint_wal()
+        return result
 
     def _run_batches(self, force_checkpoint: bool, wait: bool) -> SequenceResult:
         sequenced = duplicates = 0
@@ -121,14 +134,16 @@ class Sequencer:
             self._signing = False
             try:
                 with translate_errors("sequencing audit records"):
-                    with write_connection(self.engine) as conn:
-                        with conn.begin():
-                            if not self._lock(conn, wait):
-                                self._pending_since = _oldest_pending(conn)
-                                return SequenceResult(sequenced, duplicates, -1, signed, True)
-                            done, dropped, size, oldest = self._sequence_batch(conn)
-                            final = done + dropped < self.batch_size
-                            note = self._maybe_checkpoint(conn, size, force_checkpoint and final)
+                    outcome: tuple[Batch, tuple[Checkpoint, str] | None] | None
+                    if self._file_lock is not None:
+                        outcome = self._sqlite_batch(force_checkpoint)
+                    else:
+                        outcome = self._locked_batch(wait, force_checkpoint)
+                if outcome is None:
+                    return SequenceResult(sequenced, duplicates, -1, signed, True)
+                batch, note = outcome
+                done, dropped, size, oldest = batch.counts()
+                final = done + dropped < self.batch_size
                 if note is not None:
                     self._publish(note[1])
             except AuditError:
@@ -168,18 +183,33 @@ class Sequencer:
         """Sequence in the background until ``stop`` is set, then make one last pass that waits
         for the lock and signs a checkpoint over everything (set ``stop`` after the writers have
         flushed). Failures are logged, not raised, except a refused checkpoint (a tree that
-        does not extend the signed one)."""
-        while not stop.is_set():
-            await self._pass(wait=False, force_checkpoint=False)
-            try:
-                await asyncio.wait_for(stop.wait(), poll_interval_s)
-            except TimeoutError:
-                pass
-        await self._pass(wait=True, force_checkpoint=True)
+        does not extend the signed one).
 
-    async def _pass(self, *, wait: bool, force_checkpoint: bool) -> None:
+        The work runs in a thread of the lowest scheduling priority, so the request path's
+        threads on the same core are never kept waiting for the CPU by it; only the short
+        write transactions run at normal priority, in a second thread, since the audit writer
+        may be waiting for the write gate they hold."""
+        planner = ThreadPoolExecutor(
+            1, thread_name_prefix="geopin-sequencer", initializer=background_priority
+        )
+        self._storer = ThreadPoolExecutor(1, thread_name_prefix="geopin-sequencer-store")
         try:
-            await asyncio.to_thread(self.run_once, wait=wait, force_checkpoint=force_checkpoint)
+            while not stop.is_set():
+                await self._pass(planner, wait=False, force_checkpoint=False)
+                try:
+                    await asyncio.wait_for(stop.wait(), poll_interval_s)
+                except TimeoutError:
+                    pass
+            await self._pass(planner, wait=True, force_checkpoint=True)
+        finally:
+            storer, self._storer = self._storer, None
+            await asyncio.to_thread(planner.shutdown)
+            await asyncio.to_thread(storer.shutdown)
+
+    async def _pass(self, planner: Executor, *, wait: bool, force_checkpoint: bool) -> None:
+        run = functools.partial(self.run_once, wait=wait, force_checkpoint=force_checkpoint)
+        try:
+            await asyncio.get_running_loop().run_in_executor(planner, run)
         except VerificationError:
             log.critical("audit sequencer stopped: refusing to sign", exc_info=True)
             raise
@@ -220,73 +250,74 @@ class Sequencer:
             return True
         return bool(conn.scalar(_PG_LOCK))
 
-    def _sequence_batch(self, conn: Connection) -> tuple[int, int, int, float | None]:
-        """(records sequenced, duplicates dropped, the new tree size, the Unix time of the
-        oldest record taken if its id tells it)."""
-        rows = conn.execute(
-            sa.select(pending.c.id, pending.c.record_id, pending.c.body)
-            .order_by(pending.c.id)
-            .limit(self.batch_size)
-        ).all()
-        size = tree_size(conn)
-        if not rows:
-            return 0, 0, size, None
-        ids = [row.record_id for row in rows]
-        seen: set[str] = set()
-        for part in chunks(ids):
-            seen.update(
-                conn.scalars(sa.select(records.c.record_id).where(records.c.record_id.in_(part)))
+    def _locked_batch(
+        self, wait: bool, force: bool
+    ) -> tuple[Batch, tuple[Checkpoint, str] | None] | None:
+        """PostgreSQL: one transaction under the advisory lock (None: another sequencer has
+        it). Writers are not held up: their inserts take no lock this transaction holds."""
+        with write_connection(self.engine) as conn, conn.begin():
+            if not self._lock(conn, wait):
+                self._pending_since = _oldest_pending(conn)
+                return None
+            batch = plan(conn, self.batch_size)
+            apply(conn, batch)
+            final = sum(batch.counts()[:2]) < self.batch_size
+            return batch, self._maybe_checkpoint(conn, batch.new_size, force and final)
+
+    def _sqlite_batch(self, force: bool) -> tuple[Batch, tuple[Checkpoint, str] | None]:
+        """SQLite, with the lock file held: everything but the writes happens in a read
+        transaction, which never blocks the audit writer; SQLite's single write lock is taken
+        only to store the prepared rows (and sign, when a checkpoint is due)."""
+        with self.engine.connect() as conn, conn.begin():
+            batch = plan(conn, self.batch_size)
+            previous = latest_checkpoint(conn) if self.signing_key is not None else None
+            final = sum(batch.counts()[:2]) < self.batch_size
+            due = self.signing_key is not None and self._checkpoint_due(
+                previous, batch.new_size, force and final
             )
-        fresh = [row for row in rows if row.record_id not in seen]
-        if seen:
-            log.info("audit sequencer: %d pending records were already sequenced", len(seen))
-        frontier = load_frontier(conn, size)
-        bodies = [bytes(row.body) for row in fresh]
-        _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
-        record_rows: list[dict[str, object]] = []
-        rule_rows: list[dict[str, object]] = []
-        for offset, body in enumerate(bodies):
-            seq = size + offset
-            try:
-                record = json.loads(body)
-            except ValueError as exc:  # the writer only enqueues canonical JSON
-                raise AuditError(f"pending audit record is not JSON: {body[:80]!r}") from exc
-            record_rows.append(
-                {"seq": seq, "record_id": record["id"], "body": body, **flat_columns(record)}
-            )
-            rule_rows.extend({"seq": seq, "rule_id": rule} for rule in rule_ids(record))
-        if record_rows:
-            conn.execute(records.insert(), record_rows)
-        if rule_rows:
-            conn.execute(record_rules.insert(), rule_rows)
-        if completed:
-            conn.execute(
-                nodes.insert(), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed]
-            )
-        pending_ids = [row.id for row in rows]
-        for part in chunks(pending_ids):
-            conn.execute(pending.delete().where(pending.c.id.in_(part)))
-        return len(fresh), len(seen), size + len(fresh), _id_time(rows[0].record_id)
+            if due and previous is not None:
+                # Nothing is appended to a log that no longer extends what was signed.
+                self._signing = True
+                if previous.size > batch.size:
+                    raise VerificationError(
+                        f"refusing to sign: the log has {batch.size} records but checkpoint "
+                        f"{previous.size} was already signed (the log was truncated)"
+                    )
+                stored_root = load_frontier(conn, batch.size).root()
+                self._check_extends(conn, previous.note, batch.size, stored_root)
+        if batch.pending_ids or batch.duplicate_ids:
+            self._on_storer(store_in_chunks, self.engine, self._gate, batch)
+        if not due:
+            return batch, None
+        return batch, self._on_storer(self._sign_sqlite, batch.new_size, force and final)
+
+    def _sign_sqlite(self, size: int, force: bool) -> tuple[Checkpoint, str] | None:
+        with self._gate.background(), write_connection(self.engine) as conn, conn.begin():
+            return self._maybe_checkpoint(conn, size, force)
+
+    def _on_storer(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn`` in the normal-priority thread when there is one (see ``run``)."""
+        if self._storer is None:
+            return fn(*args)
+        return self._storer.submit(fn, *args).result()
+
+    def _checkpoint_wal(self) -> None:
+        """A PASSIVE WAL checkpoint after a run: it never blocks the writer."""
+        try:
+            with self.engine.connect() as conn:
+                driver: Any = conn.connection.dbapi_connection
+                driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sa.exc.SQLAlchemyError as exc:
+            log.debug("audit WAL checkpoint failed: %s", exc)
 
     def _maybe_checkpoint(
         self, conn: Connection, size: int, force: bool
     ) -> tuple[Checkpoint, str] | None:
-        if self.signing_key is None or size == 0:
+        if self.signing_key is None:
             return None
         previous = latest_checkpoint(conn)
-        if previous is not None:
-            if size <= previous.size:
-                if size < previous.size:
-                    self._signing = True
-                    raise VerificationError(
-                        f"refusing to sign: the log has {size} records but checkpoint "
-                        f"{previous.size} was already signed (the log was truncated)"
-                    )
-                return None
-            grown = size - previous.size
-            age = (self.clock() - _parse_time(previous.created_at)).total_seconds()
-            if not force and grown < self.checkpoint_every and age < self.checkpoint_interval_s:
-                return None
+        if not self._checkpoint_due(previous, size, force):
+            return None
         self._signing = True
         new_root = load_frontier(conn, size).root()
         if previous is not None:
@@ -299,6 +330,23 @@ class Sequencer:
             )
         )
         return checkpoint, note
+
+    def _checkpoint_due(self, previous: StoredCheckpoint | None, size: int, force: bool) -> bool:
+        if size == 0:
+            return False
+        if previous is None:
+            return True
+        if size <= previous.size:
+            if size < previous.size:
+                self._signing = True
+                raise VerificationError(
+                    f"refusing to sign: the log has {size} records but checkpoint "
+                    f"{previous.size} was already signed (the log was truncated)"
+                )
+            return False
+        grown = size - previous.size
+        age = (self.clock() - _parse_time(previous.created_at)).total_seconds()
+        return force or grown >= self.checkpoint_every or age >= self.checkpoint_interval_s
 
     def _check_extends(
         self, conn: Connection, previous_note: str, size: int, new_root: bytes
@@ -330,18 +378,7 @@ def _oldest_pending(conn: Connection) -> float | None:
     first = conn.scalar(sa.select(pending.c.record_id).order_by(pending.c.id).limit(1))
     if first is None:
         return None
-    return _id_time(first) or time.time()
-
-
-def _id_time(record_id: str) -> float | None:
-    """The creation time a UUIDv7 record id carries (its first 48 bits are Unix ms)."""
-    digits = record_id.replace("-", "")
-    if len(digits) != 32 or digits[12] != "7":
-        return None
-    try:
-        return int(digits[:12], 16) / 1000
-    except ValueError:
-        return None
+    return id_time(first) or time.time()
 
 
 def _parse_time(text: str) -> datetime:

@@ -3,8 +3,18 @@
 ``await writer.record(record)`` returns only once the record is committed in the pending table
 (or fsync'd to the opt-in spool). Calls that arrive while a commit is running wait for the next
 one, which takes them all in one transaction: under load a transaction carries many records,
-at rest a record waits for just its own commit. All database work runs in one worker thread so
-the event loop never blocks and SQLite sees a single writer connection per process.
+at rest a record waits for just its own commit. All database work runs in one thread of the
+writer's own, so the event loop never blocks and SQLite sees a single writer connection per
+process.
+
+The hand-off is kept short because at concurrency 1 it is most of the cost: ``record()``
+puts the record on a ``SimpleQueue`` the thread blocks on, the thread commits what it finds and
+settles the callers' futures with one ``call_soon_threadsafe``. On SQLite the insert goes
+straight to the driver (no statement compiling per commit); the connection does not checkpoint
+the WAL inside a commit (``wal_autocheckpoint=0``, which would put an fsync in some request's
+path) and a second thread checkpoints it every ``wal_checkpoint_interval_s`` instead, PASSIVE,
+which never blocks the writer. An in-process gate shared with the sequencer makes them queue
+on a mutex rather than on SQLite's busy handler, which sleeps in steps of up to 100 ms.
 
 If the database cannot take records, ``record()`` raises ``AuditUnavailable`` (the router
 answers 503: it fails closed), unless a spool is configured: then the records go to the spool
@@ -15,11 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from geopin.audit.db import translate_errors, write_connection
+from geopin.audit.db import sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.lock import background_priority
 from geopin.audit.migrate import check_schema
 from geopin.audit.records import encode
 from geopin.audit.spool import Spool
@@ -37,13 +48,17 @@ from geopin.errors import AuditError, AuditUnavailable
 log = logging.getLogger(__name__)
 
 _Item = tuple[str, bytes, "asyncio.Future[None]"]
+_STOP = object()
+_SQLITE_INSERT = (
+    "INSERT INTO audit_pending (record_id, body) VALUES (?, ?) ON CONFLICT (record_id) DO NOTHING"
+)
 
 
 @dataclass(frozen=True)
 class WriterStats:
     """A snapshot for metrics."""
 
-    queue_depth: int  # records waiting for a commit, including the one in flight
+    queue_depth: int  # records waiting for a commit, including the ones in flight
     transactions: int  # commits to the database so far
     records: int  # records committed to the database (replayed spool records included)
     spooled: int  # records written to the spool so far
@@ -63,6 +78,7 @@ class AuditWriter:
         retry_interval_s: float = 1.0,
         check: bool = True,
         on_commit: Callable[[float], None] | None = None,
+        wal_checkpoint_interval_s: float = 1.0,
     ) -> None:
         """``on_commit`` is called in the writer's thread after each committed transaction
         with its duration in seconds; what it raises is logged, never passed on."""
@@ -71,14 +87,21 @@ class AuditWriter:
         self.spool = Spool(spool) if isinstance(spool, str | Path) else spool
         self.max_batch = max_batch
         self.retry_interval_s = retry_interval_s
+        self.wal_checkpoint_interval_s = wal_checkpoint_interval_s
         self._check = check
-        self._queue: deque[_Item] = deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sa.Connection | None = None
-        self._in_flight = 0
-        self._closing = False
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._gate = sqlite_write_gate(engine)
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._conn: sa.Connection | None = None  # PostgreSQL
+        self._raw: Any = None  # SQLite: the pool's connection, detached; and its driver's
+        self._driver: Any = None
+        self._running = False
+        self._accepted = 0  # written by the event loop's thread only
+        self._finished = 0  # written by the writer's thread only
         self._transactions = 0
         self._records = 0
         self._spooled = 0
@@ -87,47 +110,52 @@ class AuditWriter:
         self._stats_lock = threading.Lock()  # stats() may be called from any thread
 
     async def start(self) -> None:
-        if self._task is not None:
+        if self._loop is not None:
             raise AuditError("AuditWriter already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopin-audit")
-        self._wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         if self._check:
             try:
-                await loop.run_in_executor(self._executor, self._check_schema)
+                await asyncio.to_thread(check_schema, self.engine)
             except AuditUnavailable as exc:
                 if self.spool is None:
                     raise
                 # Records can still be kept (spooled) and replayed once the database is back.
                 log.warning("audit database unavailable at start, spooling: %s", exc)
-        await loop.run_in_executor(self._executor, self._replay_spool)
-        self._task = asyncio.create_task(self._run(), name="geopin-audit-writer")
+        await asyncio.to_thread(self._replay_spool)
+        self._thread = threading.Thread(target=self._work, name="geopin-audit", daemon=True)
+        self._thread.start()
+        if self._sqlite and self.wal_checkpoint_interval_s > 0:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_wal, name="geopin-audit-wal", daemon=True
+            )
+            self._checkpointer.start()
+        self._running = True
 
     async def record(self, record: Mapping[str, Any]) -> None:
         """Commit ``record`` durably; raise AuditUnavailable if it cannot be kept anywhere."""
-        if self._task is None or self._closing or self._wake is None:
+        if not self._running or self._loop is None:
             raise AuditError("AuditWriter is not running (call start(), not after close())")
         body = encode(record)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((record["id"], body, future))
-        self._wake.set()
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._accepted += 1
+        self._inbox.put((record["id"], body, future))
         await future
 
     async def close(self) -> None:
-        """Commit everything queued, then release the thread and the connection."""
-        if self._task is None or self._wake is None:
+        """Commit everything queued, then release the threads and the connections."""
+        if not self._running or self._thread is None:
             return
-        self._closing = True
-        self._wake.set()
-        await self._task
-        assert self._executor is not None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
-        self._executor.shutdown(wait=True)
+        self._running = False
+        self._inbox.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._stopping.set()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join)
 
     @property
     def queue_depth(self) -> int:
         """Records accepted by ``record()`` and not yet committed (safe from any thread)."""
-        return len(self._queue) + self._in_flight
+        return max(0, self._accepted - self._finished)
 
     def stats(self) -> WriterStats:
         with self._stats_lock:
@@ -149,65 +177,74 @@ class AuditWriter:
             commit_p99_s=pct(0.99),
         )
 
-    async def _run(self) -> None:
-        assert self._wake is not None and self._executor is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                try:
-                    timeout = self.retry_interval_s if self._spool_backlog else None
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    await loop.run_in_executor(self._executor, self._replay_spool)
-                continue
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-            self._in_flight = len(batch)
-            try:
-                await loop.run_in_executor(
-                    self._executor, self._commit, [(rid, body) for rid, body, _ in batch]
-                )
-            except BaseException as exc:  # every waiter hears about the failure
-                error = exc if isinstance(exc, AuditError) else AuditError(f"audit write: {exc}")
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-            finally:
-                self._in_flight = 0
+    # ---- the writer's thread ------------------------------------------------------------
 
-    # ---- worker thread ------------------------------------------------------------------
-
-    def _check_schema(self) -> None:
-        check_schema(self.engine)
-
-    def _connection(self) -> sa.Connection:
-        if self._conn is None:
-            self._conn = write_connection(self.engine)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sa.exc.SQLAlchemyError:
+    def _work(self) -> None:
+        try:
+            while self._work_once():
                 pass
-            self._conn = None
+        finally:
+            self._disconnect()
+
+    def _work_once(self) -> bool:
+        """Commit one batch (waiting for one if none is queued); False once stopped."""
+        try:
+            timeout = self.retry_interval_s if self._spool_backlog else None
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            self._replay_spool()
+            return True
+        batch: list[_Item] = []
+        stopped = False
+        while True:
+            if item is _STOP:
+                stopped = True
+                break
+            batch.append(item)
+            if len(batch) >= self.max_batch:
+                break
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+        if batch:
+            self._commit_batch(batch)
+        return not stopped
+
+    def _commit_batch(self, batch: list[_Item]) -> None:
+        error: BaseException | None = None
+        try:
+            self._commit([(rid, body) for rid, body, _ in batch])
+        except Exception as exc:  # every waiter hears about the failure
+            error = exc if isinstance(exc, AuditError) else AuditError(f"audit write: {exc}")
+        finally:
+            self._finished += len(batch)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, batch, error)
+
+    def _commit(self, rows: list[tuple[str, bytes]]) -> None:
+        if self.spool is not None and self._spool_backlog:
+            self._replay_spool()  # older records first, while the database is reachable
+        if self.spool is not None and self._spool_backlog:
+            self._spool(rows, "the database is unavailable and the spool is not yet replayed")
+            return
+        try:
+            self._insert(rows)
+        except AuditUnavailable as exc:
+            if self.spool is None:
+                raise
+            self._spool(rows, str(exc))
 
     def _insert(self, rows: list[tuple[str, bytes]]) -> None:
         started = time.perf_counter()
         try:
             with translate_errors("writing audit records"):
-                conn = self._connection()
-                with conn.begin():
-                    insert_pending(conn, rows)
+                if self._sqlite:
+                    self._insert_sqlite(rows)
+                else:
+                    conn = self._connection()
+                    with conn.begin():
+                        insert_pending(conn, rows)
         except AuditError:
             self._disconnect()  # a broken connection is not reused
             raise
@@ -221,6 +258,41 @@ class AuditWriter:
                 self.on_commit(elapsed)
             except Exception:
                 log.exception("audit writer on_commit hook failed")
+
+    def _insert_sqlite(self, rows: list[tuple[str, bytes]]) -> None:
+        driver = self._sqlite_driver()
+        assert self._gate is not None
+        with self._gate.foreground():
+            driver.execute("BEGIN IMMEDIATE")
+            try:
+                driver.executemany(_SQLITE_INSERT, rows)
+                driver.execute("COMMIT")
+            except BaseException:
+                if driver.in_transaction:
+                    driver.execute("ROLLBACK")
+                raise
+
+    def _sqlite_driver(self) -> Any:
+        if self._driver is None:
+            raw = self.engine.raw_connection()
+            raw.detach()  # its pragma below must not reach the pool's other users
+            self._raw, self._driver = raw, raw.dbapi_connection
+            self._driver.execute("PRAGMA wal_autocheckpoint=0")
+        return self._driver
+
+    def _connection(self) -> sa.Connection:
+        if self._conn is None:
+            self._conn = write_connection(self.engine)
+        return self._conn
+
+    def _disconnect(self) -> None:
+        for closing in (self._conn, self._raw):
+            if closing is not None:
+                try:
+                    closing.close()
+                except (sa.exc.SQLAlchemyError, OSError, ValueError):
+                    pass
+        self._conn = self._raw = self._driver = None
 
     def _replay_spool(self) -> None:
         if self.spool is None or not self.spool.has_records():
@@ -237,19 +309,6 @@ class AuditWriter:
         self._spool_backlog = 0
         log.warning("audit spool %s replayed: %d records", self.spool.path, replayed)
 
-    def _commit(self, rows: list[tuple[str, bytes]]) -> None:
-        if self.spool is not None and self._spool_backlog:
-            self._replay_spool()  # older records first, while the database is reachable
-        if self.spool is not None and self._spool_backlog:
-            self._spool(rows, "the database is unavailable and the spool is not yet replayed")
-            return
-        try:
-            self._insert(rows)
-        except AuditUnavailable as exc:
-            if self.spool is None:
-                raise
-            self._spool(rows, str(exc))
-
     def _spool(self, rows: list[tuple[str, bytes]], why: str) -> None:
         assert self.spool is not None
         self.spool.append([body for _, body in rows])
@@ -261,3 +320,36 @@ class AuditWriter:
             self.spool.path,
             why,
         )
+
+    # ---- the WAL checkpointer's thread ----------------------------------------------------
+
+    def _checkpoint_wal(self) -> None:
+        """PASSIVE checkpoints on a timer: the WAL stays small, and no commit pays for it."""
+        background_priority()
+        raw = None
+        try:
+            while not self._stopping.wait(self.wal_checkpoint_interval_s):
+                try:
+                    if raw is None:
+                        raw = self.engine.raw_connection()
+                        raw.detach()
+                    driver: Any = raw.dbapi_connection
+                    driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except Exception as exc:  # the next round tries again; commits go on regardless
+                    log.debug("audit WAL checkpoint failed: %s", exc)
+                    if raw is not None:
+                        raw.close()
+                        raw = None
+        finally:
+            if raw is not None:
+                raw.close()
+
+
+def _settle(batch: list[_Item], error: BaseException | None) -> None:
+    for _, _, future in batch:
+        if future.done():  # its caller was cancelled; the record is kept all the same
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

@@ -1,0 +1,183 @@
+"""A sequencer batch: the next pending records, prepared for the log, and how it is stored.
+
+``plan`` reads everything a batch needs and computes its rows and Merkle nodes, which on SQLite
+happens in a read transaction that holds nobody up. ``apply`` stores a batch in one go (the
+PostgreSQL path, inside the advisory lock's transaction); ``store_in_chunks`` stores it on
+SQLite a few records per transaction, each a complete append whose nodes go with it, through
+the driver, so the audit writer never waits long for SQLite's single write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from geopin.audit import merkle
+from geopin.audit.db import WriteGate
+from geopin.audit.records import flat_columns, rule_ids
+from geopin.audit.schema import nodes, pending, record_rules, records
+from geopin.audit.store import chunks, load_frontier, tree_size
+from geopin.errors import AuditError
+
+log = logging.getLogger("geopin.audit.sequencer")
+
+SQLITE_CHUNK = 64  # records per SQLite write transaction: about 1.5 ms of the write lock
+
+
+@dataclass
+class Batch:
+    """One batch, prepared: the rows it adds and the pending rows it removes."""
+
+    size: int  # the tree size it extends
+    new_size: int
+    pending_ids: list[int] = field(default_factory=list)  # of its records, in sequence order
+    duplicate_ids: list[int] = field(default_factory=list)  # pending copies of sequenced ones
+    duplicates: int = 0
+    oldest: float | None = None  # Unix time of its oldest record, if the id tells it
+    record_rows: list[dict[str, object]] = field(default_factory=list)
+    rule_rows: list[dict[str, object]] = field(default_factory=list)
+    nodes: list[dict[str, object]] = field(default_factory=list)
+
+    def counts(self) -> tuple[int, int, int, float | None]:
+        """(records sequenced, duplicates dropped, the new tree size, the oldest's time)."""
+        return self.new_size - self.size, self.duplicates, self.new_size, self.oldest
+
+
+def plan(conn: Connection, limit: int) -> Batch:
+    """The next batch of pending records, with every row and node it adds to the log."""
+    rows = conn.execute(
+        sa.select(pending.c.id, pending.c.record_id, pending.c.body)
+        .order_by(pending.c.id)
+        .limit(limit)
+    ).all()
+    size = tree_size(conn)
+    batch = Batch(size=size, new_size=size)
+    if not rows:
+        return batch
+    ids = [row.record_id for row in rows]
+    seen: set[str] = set()
+    for part in chunks(ids):
+        seen.update(
+            conn.scalars(sa.select(records.c.record_id).where(records.c.record_id.in_(part)))
+        )
+    fresh = [row for row in rows if row.record_id not in seen]
+    batch.pending_ids = [row.id for row in fresh]
+    batch.duplicate_ids = [row.id for row in rows if row.record_id in seen]
+    batch.duplicates = len(seen)
+    batch.new_size = size + len(fresh)
+    batch.oldest = id_time(rows[0].record_id)
+    if seen:
+        log.info("audit sequencer: %d pending records were already sequenced", len(seen))
+    frontier = load_frontier(conn, size)
+    bodies = [bytes(row.body) for row in fresh]
+    _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
+    record_rows, rule_rows = batch.record_rows, batch.rule_rows
+    batch.nodes = [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed]
+    for offset, body in enumerate(bodies):
+        if offset % 16 == 15:
+            time.sleep(0)  # let the event loop's thread have the GIL: this is CPU work
+        seq = size + offset
+        try:
+            record = json.loads(body)
+        except ValueError as exc:  # the writer only enqueues canonical JSON
+            raise AuditError(f"pending audit record is not JSON: {body[:80]!r}") from exc
+        record_rows.append(
+            {"seq": seq, "record_id": record["id"], "body": body, **flat_columns(record)}
+        )
+        rule_rows.extend({"seq": seq, "rule_id": rule} for rule in rule_ids(record))
+    return batch
+
+
+def apply(conn: Connection, batch: Batch) -> None:
+    """Store the whole batch through SQLAlchemy, in the caller's transaction."""
+    record_rows, rule_rows, node_rows, gone = _chunk_rows(batch, batch.size, batch.new_size)
+    if record_rows:
+        conn.execute(records.insert(), record_rows)
+    if rule_rows:
+        conn.execute(record_rules.insert(), rule_rows)
+    if node_rows:
+        conn.execute(nodes.insert(), node_rows)
+    for part in chunks(gone):
+        conn.execute(pending.delete().where(pending.c.id.in_(part)))
+
+
+def store_in_chunks(engine: Engine, gate: WriteGate, batch: Batch) -> None:
+    """A few records per transaction, each a complete append, straight through the driver
+    (SQLAlchemy's own work per statement would be most of the time the lock is held): the
+    writer waits for one short transaction at most, never for the whole batch."""
+    starts = list(range(batch.size, batch.new_size, SQLITE_CHUNK)) or [batch.size]
+    with engine.connect() as conn:
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        # Checkpointing the WAL inside a commit would hold the writer up as well; the end
+        # of the run does it, and the writer's checkpointer.
+        driver.execute("PRAGMA wal_autocheckpoint=0")
+        for lo in starts:
+            statements = _chunk_statements(batch, lo, min(lo + SQLITE_CHUNK, batch.new_size))
+            with gate.background():
+                driver.execute("BEGIN IMMEDIATE")
+                try:
+                    (top,) = driver.execute(_SQLITE_TREE_TOP).fetchone()
+                    if (0 if top is None else top + 1) != lo:  # only without the lock file
+                        raise AuditError("another sequencer extended the log meanwhile")
+                    for sql, rows in statements:
+                        driver.executemany(sql, rows)
+                    driver.execute("COMMIT")
+                except BaseException:
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    raise
+
+
+def _insert_sql(table: sa.Table) -> tuple[str, list[str]]:
+    names = [column.name for column in table.columns]
+    marks = ", ".join("?" for _ in names)
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", names
+
+
+_SQLITE_TREE_TOP = "SELECT max(idx) FROM audit_nodes WHERE level = 0"
+_SQLITE_DELETE = "DELETE FROM audit_pending WHERE id = ?"
+_SQLITE_INSERTS = [(table, *_insert_sql(table)) for table in (records, record_rules, nodes)]
+
+
+def _chunk_statements(batch: Batch, lo: int, hi: int) -> list[tuple[str, list[tuple]]]:
+    """The driver statements storing leaves ``lo`` to ``hi - 1`` of ``batch``."""
+    rows = _chunk_rows(batch, lo, hi)
+    out: list[tuple[str, list[tuple]]] = []
+    for (_, sql, names), part in zip(_SQLITE_INSERTS, rows[:3], strict=True):
+        if part:
+            out.append((sql, [tuple(row.get(name) for name in names) for row in part]))
+    if rows[3]:
+        out.append((_SQLITE_DELETE, [(pending_id,) for pending_id in rows[3]]))
+    return out
+
+
+def _chunk_rows(batch: Batch, lo: int, hi: int) -> tuple[list, list, list, list[int]]:
+    """(record rows, rule rows, node rows, pending ids to remove) of leaves ``lo`` to
+    ``hi - 1``; the duplicates go with the first leaf."""
+    first, last = lo - batch.size, hi - batch.size
+    rule_rows = [row for row in batch.rule_rows if lo <= row["seq"] < hi]  # type: ignore[operator]
+    # A node of level L and index i is completed by leaf (i + 1) * 2**L - 1.
+    node_rows = [
+        n
+        for n in batch.nodes
+        if lo <= ((n["idx"] + 1) << n["level"]) - 1 < hi  # type: ignore[operator]
+    ]
+    gone = batch.pending_ids[first:last] + (batch.duplicate_ids if lo == batch.size else [])
+    return batch.record_rows[first:last], rule_rows, node_rows, gone
+
+
+def id_time(record_id: str) -> float | None:
+    """The creation time a UUIDv7 record id carries (its first 48 bits are Unix ms)."""
+    digits = record_id.replace("-", "")
+    if len(digits) != 32 or digits[12] != "7":
+        return None
+    try:
+        return int(digits[:12], 16) / 1000
+    except ValueError:
+        return None
