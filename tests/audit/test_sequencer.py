@@ -347,3 +347,31 @@ def test_only_duplicates_pending_are_dropped(engine):
     assert result.sequenced == 0 and result.duplicates == 2
     with engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(pending)) == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="Linux scheduling")
+def test_background_sequencing_runs_at_the_lowest_priority(engine, key):
+    import os
+
+    policies: list[int] = []
+    sequencer = Sequencer(
+        engine,
+        signing_key=key,
+        checkpoint_interval_s=0,
+        on_checkpoint=lambda ok: policies.append(os.sched_getscheduler(0)),
+    )
+    add_pending(engine, [make_record(n) for n in range(5)])
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(sequencer.run(stop, poll_interval_s=0.01))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if policies:
+                break
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert policies and set(policies) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE

@@ -301,3 +301,36 @@ def test_queue_depth_and_stats_can_be_read_from_another_thread(engine):
     assert asyncio.run(main()) == 0
     assert not problems
     assert max(seen) > 0  # the reader saw records waiting for their commit
+
+
+def _wal_bytes(engine) -> int:
+    path = f"{engine.url.database}-wal"
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+@pytest.mark.parametrize("interval", [0, 0.05])
+def test_commits_never_checkpoint_the_wal_the_checkpointer_does(tmp_path, interval):
+    """No commit pays for a WAL checkpoint (it would be an fsync in a request's path); the
+    checkpointer thread keeps the WAL from growing past what arrives between its rounds."""
+    engine = create_audit_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    upgrade(engine)
+
+    async def main():
+        writer = AuditWriter(engine, wal_checkpoint_interval_s=interval)
+        await writer.start()
+        sizes = []
+        for burst in range(4):
+            for n in range(300):  # one commit each: many WAL frames
+                await writer.record(make_record(burst * 1000 + n))
+            sizes.append(_wal_bytes(engine))
+            await asyncio.sleep(0.3)
+        await writer.close()
+        return sizes
+
+    sizes = asyncio.run(main())
+    page = 4096
+    if interval == 0:  # nothing checkpoints: the WAL grows past SQLite's automatic threshold
+        assert sizes[-1] > 1000 * page and sizes == sorted(sizes)
+    else:  # checkpointed between bursts, so the WAL is reused from its start
+        assert sizes[-1] < 2 * sizes[0]
+    engine.dispose()
