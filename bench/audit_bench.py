@@ -3,6 +3,7 @@ and query/stats latency on large logs. Prints medians; results go in bench/READM
 
     python bench/audit_bench.py writer [--pg URL] [--producers 64] [--seconds 5]
     python bench/audit_bench.py checkpoint [--pg URL]
+    python bench/audit_bench.py latency [--cpu N] [--records 5000] [--pg URL]
     python bench/audit_bench.py query --rows 1000000 [--pg URL] [--sqlite]
 
 Query data is generated with bulk SQL straight into audit_records (not through the writer):
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "audit"))
-from audit_factories import make_record  # noqa: E402
+from audit_factories import make_outcome, make_record  # noqa: E402
 
 from geopin.audit.checkpoint import SigningKey  # noqa: E402
 from geopin.audit.db import create_audit_engine  # noqa: E402
@@ -174,6 +176,62 @@ def bench_checkpoint(args) -> None:
         print(f"| {name} | {statistics.median(got) * 1e3:.0f} ms | {p90 * 1e3:.0f} ms | |")
 
 
+# ---- record() latency as the router sees it -------------------------------------------
+
+
+async def _router_like(engine, tmp: str, count: int) -> list[float]:
+    """``record()`` of each decision timed, its outcome recorded in the background (as the
+    router does), the sequencer running and signing checkpoints with the router's defaults."""
+    sequencer = Sequencer(
+        engine,
+        signing_key=SigningKey.generate("bench.test/geopin"),
+        checkpoint_file=f"{tmp}/checkpoints",
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(sequencer.run(stop))
+    writer = AuditWriter(engine)
+    await writer.start()
+    outcomes: set[asyncio.Task[None]] = set()
+    samples = []
+    for n in range(count):
+        record = make_record(n)  # a fresh UUIDv7 id each time
+        started = time.perf_counter()
+        await writer.record(record)
+        samples.append(time.perf_counter() - started)
+        outcome = asyncio.create_task(writer.record(make_outcome(n)))
+        outcomes.add(outcome)
+        outcome.add_done_callback(outcomes.discard)
+        await asyncio.sleep(0.0003)  # the rest of a proxied request
+    await asyncio.gather(*outcomes)
+    await writer.close()
+    stop.set()
+    await task
+    return samples
+
+
+def bench_latency(args) -> None:
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    import uvloop
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        engine = _fresh(args.pg, tmp, args.sync)
+        samples = sorted(uvloop.run(_router_like(engine, tmp, args.records)))
+        engine.dispose()
+
+    def pct(p: float) -> str:
+        return f"{samples[min(len(samples) - 1, int(p * len(samples)))] * 1e3:.3f}"
+
+    where = "PostgreSQL" if args.pg else f"SQLite {args.sync}"
+    core = f"core {args.cpu}" if args.cpu is not None else "any core"
+    print(
+        f"AuditWriter.record() at concurrency 1 ({where}, sequencer running, {core}, "
+        f"{len(samples)} decisions each followed by its outcome): p50 {pct(0.5)} ms, "
+        f"p90 {pct(0.9)} ms, p99 {pct(0.99)} ms, p99.9 {pct(0.999)} ms, "
+        f"max {samples[-1] * 1e3:.3f} ms"
+    )
+
+
 # ---- queries on large logs ---------------------------------------------------------------
 
 _BODY = b'{"v":1,"kind":"decision","note":"generated for the query benchmark"}'
@@ -288,13 +346,25 @@ def main() -> None:
     c.add_argument("--pg")
     c.add_argument("--samples", type=int, default=30)
     c.add_argument("--poll", type=float, default=0.05)
+    lat = sub.add_parser("latency")
+    lat.add_argument("--pg")
+    lat.add_argument("--records", type=int, default=5000)
+    lat.add_argument("--cpu", type=int, help="pin to this core")
+    lat.add_argument("--sync", choices=["NORMAL", "FULL"], default="NORMAL")
+    lat.add_argument("--dir", help="directory for the temporary database")
     q = sub.add_parser("query")
     q.add_argument("--rows", type=int, default=1_000_000)
     q.add_argument("--pg")
     q.add_argument("--sqlite", action="store_true")
     args = parser.parse_args()
     print(f"# {args.what} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", file=sys.stderr)
-    {"writer": bench_writer, "checkpoint": bench_checkpoint, "query": bench_query}[args.what](args)
+    benches = {
+        "writer": bench_writer,
+        "checkpoint": bench_checkpoint,
+        "latency": bench_latency,
+        "query": bench_query,
+    }
+    benches[args.what](args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,14 @@ as contention with the thing measuring it. Loopback only.
     python bench/proxy_bench.py --plain-hop
     python bench/proxy_bench.py --plain-hop --target-name geopin \\
         --target-cmd "geopin serve --config {config}" --target-config-template cfg.yaml
-    python bench/proxy_bench.py --target-name other --target-url http://127.0.0.1:9000
+    python bench/proxy_bench.py --target-name other --target-url http://127.0.0.1:9000 \
+        --header 'Authorization: Bearer sk-...'
+    python bench/proxy_bench.py --geopin --plain-hop --litellm
+
+``--geopin`` starts ``geopin serve`` as it would run in production: a one-endpoint policy
+pointing at the mock, a router key, no trusted proxies or CDNs, the audit log in a SQLite file
+(sequenced and checkpointed in the router), then also measures ``AuditWriter.record()`` alone
+(``bench/audit_bench.py latency``) on the same core, which is the audit's share.
 """
 
 from __future__ import annotations
@@ -153,6 +160,7 @@ class Target:
     process: subprocess.Popen | None = None
     body_extra: dict = field(default_factory=dict)
     path: str = "/v1/chat/completions"
+    headers: dict | None = None  # None: Authorization: Bearer CLIENT_KEY
 
 
 def free_port() -> int:
@@ -232,7 +240,9 @@ def request_bytes(target: Target, stream: bool) -> bytes:
     }
     if stream:
         body["stream"] = True
-    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    headers = (
+        target.headers if target.headers is not None else {"Authorization": f"Bearer {CLIENT_KEY}"}
+    )
     return loadgen.build_request(
         target.url + target.path, json.dumps(body).encode(), "POST", headers
     )
@@ -345,6 +355,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="file formatted with {upstream} {port}, written and passed as {config}",
     )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="header sent to the --target-cmd/--target-url target instead of the bench key",
+    )
+    parser.add_argument(
+        "--geopin",
+        action="store_true",
+        help="also measure geopin serve (audit to SQLite) and AuditWriter.record() alone",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (cap)")
@@ -403,8 +425,100 @@ def _targets(args, upstream: str, cores: tuple[int, int], run_dir: Path) -> list
         if args.target_cmd:
             command = shlex.split(args.target_cmd.format(**values))
             process = start(command, core, run_dir / f"{args.target_name}.log")
-        targets.append(Target(args.target_name, url, process))
+        headers = dict(_header(h) for h in args.header) if args.header else None
+        targets.append(Target(args.target_name, url, process, headers=headers))
+    if args.geopin:
+        targets.append(_geopin_target(upstream, core, run_dir / "geopin"))
     return targets
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--header {text!r}: expected 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _geopin_target(upstream: str, core: int, directory: Path) -> Target:
+    """geopin serve with a one-endpoint policy on the mock, a router key, nothing trusted (the
+    loopback client's location is unknown, which the policy routes to the endpoint's country)
+    and the audit log, sequencer and checkpoints as in production, in a SQLite file."""
+    from geopin.audit.checkpoint import SigningKey
+    from geopin.audit.db import create_audit_engine
+    from geopin.audit.migrate import upgrade
+    from geopin.keys import KeyStore
+
+    directory.mkdir(parents=True, exist_ok=True)
+    policy = {
+        "endpoints": [
+            {
+                "id": "bench-fr",
+                "url": upstream + "/v1",
+                "kind": "openai-compatible",
+                "country": "FR",
+                "tier": "regional",
+                "priority": 10,
+                "models": {"gpt-4o-mini": "gpt-4o-mini"},
+            }
+        ],
+        "rules": [],
+        "defaults": {
+            "unknown_location": {"process_in": ["FR"], "reason": "bench client on loopback"},
+            "no_match": {"process_in": ["FR"], "reason": "bench: everything to FR"},
+        },
+    }
+    (directory / "policy").mkdir(exist_ok=True)
+    (directory / "policy" / "policy.yaml").write_text(json.dumps(policy, indent=1))
+    with KeyStore.editing(directory / "keys.json") as store:
+        router_key = store.create("bench")[1]
+    SigningKey.generate("bench.test/geopin").save(directory / "audit.key", overwrite=True)
+    database_url = f"sqlite:///{directory / 'audit.db'}"
+    engine = create_audit_engine(database_url)
+    upgrade(engine)
+    engine.dispose()
+    port = free_port()
+    settings = {
+        "listen": f"127.0.0.1:{port}",
+        "log_level": "warning",
+        "policy_dir": str(directory / "policy"),
+        "keys_file": str(directory / "keys.json"),
+        "audit": {
+            "database_url": database_url,
+            "signing_key": str(directory / "audit.key"),
+            "checkpoint_file": str(directory / "checkpoints"),
+        },
+    }
+    config = directory / "geopin.yaml"
+    config.write_text(json.dumps(settings, indent=1))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+    command = [sys.executable, "-m", "geopin", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        command,
+        stdout=(directory / "serve.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    headers = {"Authorization": f"Bearer {router_key}"}
+    return Target("geopin", f"http://127.0.0.1:{port}", process, headers=headers)
+
+
+def audit_share(core: int, run_dir: Path) -> str:
+    """``AuditWriter.record()`` at concurrency 1 on the router's core, sequencer running."""
+    command = [
+        sys.executable,
+        str(BENCH / "audit_bench.py"),
+        "latency",
+        "--cpu",
+        str(core),
+        "--dir",
+        str(run_dir),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        return f"audit_bench.py latency failed: {done.stderr.strip()[-500:]}"
+    return done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{cores[1]}; stream answers have 8 pieces {args.chunk_delay_ms:g} ms apart. "
             "CPU ms/req: the target process tree's utime+stime per request."
         )
+        if args.geopin:
+            for target in targets:  # the audit alone runs on the router's core, undisturbed
+                stop(target.process)
+            note += "\n\n" + audit_share(cores[1], run_dir)
         print(report + note)
         (run_dir / "table.md").write_text(report + note + "\n")
         (run_dir / "raw.json").write_text(json.dumps({"raw": raw, "figures": figures}, indent=1))
