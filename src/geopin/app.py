@@ -198,12 +198,11 @@ def _watch(runtime: Runtime, sequencer: Sequencer | None) -> None:
         return
     metrics.watch_breakers(lambda: runtime.last_health or {})
     audit = runtime.audit
-    if isinstance(audit, AuditWriter) and hasattr(audit, "on_commit"):
+    if isinstance(audit, AuditWriter):
         audit.on_commit = lambda seconds: metrics.audit_commit(duration_s=seconds)
         metrics.watch_audit(queue_depth=lambda: audit.queue_depth)
-    if sequencer is not None and hasattr(sequencer, "on_checkpoint"):
+    if sequencer is not None:
         sequencer.on_checkpoint = lambda ok: metrics.checkpoint(ok=ok)
-    if sequencer is not None and hasattr(sequencer, "sequencing_lag_s"):
         metrics.watch_audit(sequencing_lag=sequencer.sequencing_lag_s)
 
 
