@@ -60,6 +60,16 @@ class FileLock:
             self._fd = None
 
 
+def low_priority() -> None:
+    """The calling thread at the highest nice value: it still gets a small share of a busy CPU
+    (so it never holds a lock for long) and all of an idle one, and a request thread that wakes
+    up preempts it at once."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)  # Linux: the calling thread only
+    except (AttributeError, OSError):
+        pass
+
+
 def background_priority() -> None:
     """Put the calling thread (Linux schedules threads one by one) in ``SCHED_IDLE``: it runs
     only when the router's other threads leave the CPU idle, so a request thread that wakes up

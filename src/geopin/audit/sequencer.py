@@ -38,7 +38,7 @@ from geopin.audit import merkle
 from geopin.audit.batch import Batch, apply, id_time, plan, store_in_chunks
 from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey, TornEntryError
 from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
-from geopin.audit.lock import FileLock, background_priority
+from geopin.audit.lock import FileLock, background_priority, low_priority
 from geopin.audit.records import format_time
 from geopin.audit.schema import checkpoints, pending
 from geopin.audit.store import (
@@ -192,7 +192,9 @@ class Sequencer:
         planner = ThreadPoolExecutor(
             1, thread_name_prefix="geopin-sequencer", initializer=background_priority
         )
-        self._storer = ThreadPoolExecutor(1, thread_name_prefix="geopin-sequencer-store")
+        self._storer = ThreadPoolExecutor(
+            1, thread_name_prefix="geopin-sequencer-store", initializer=low_priority
+        )
         try:
             while not stop.is_set():
                 await self._pass(planner, wait=False, force_checkpoint=False)
