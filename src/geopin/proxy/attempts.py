@@ -1,0 +1,250 @@
+"""Trying a decision's endpoints in turn, and streaming the first answer below 500 through.
+
+An endpoint is tried only when its route is usable, speaks the client's API and its breaker
+lets a request through; a connection error, a timeout or a 5xx moves on to the next one, up
+to ``max_attempts``. Once an answer's head has gone to the client there is no failover: an
+upstream failing mid-response leaves the client a broken response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from geopin.errors import UpstreamError
+from geopin.policy.decision import Decision, Endpoint
+from geopin.proxy import refusal
+from geopin.proxy.exchange import Exchange
+from geopin.proxy.forward import (
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from geopin.proxy.outcome import observe_usage, spawn_outcome
+from geopin.proxy.refusal import COUNTRY_HEADER, DECISION_HEADER, ENDPOINT_HEADER, ErrorResponse
+from geopin.proxy.state import Runtime, RuntimeState
+from geopin.proxy.upstream import API_OF_KIND, ClientCall, build_request, forwardable_headers
+from geopin.proxy.usage import UsageTap
+from geopin.telemetry.metrics import Metrics
+from geopin.telemetry.tracing import provider_name, replace_trace_headers
+
+log = logging.getLogger(__name__)
+
+_RESPONSE_DROPPED = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    )
+)
+
+
+async def forward(
+    runtime: Runtime,
+    state: RuntimeState,
+    call: ClientCall,
+    headers: list,
+    decision: Decision,
+    attempts: tuple[Endpoint, ...],
+    decision_id: str,
+    started: float,
+    receive: Any,
+    send: Any,
+    exchange: Exchange,
+    *,
+    metrics: Metrics,
+    max_attempts: int,
+    retry_after: int,
+) -> ErrorResponse | None:
+    """Answer with the first of ``attempts`` to answer below 500, or the refusal to send."""
+    board = runtime.health
+    trace = exchange.trace
+    forwarded = forwardable_headers(headers)
+    tried: list[str] = []
+    timeouts = 0
+    failure = "no compliant endpoint is available now"
+    left: str | None = None  # the endpoint the last attempt failed on
+    for endpoint in attempts:
+        if len(tried) >= max_attempts:
+            break
+        route = state.routes.get(endpoint.id)
+        if route is None or not route.usable or API_OF_KIND[endpoint.kind] != call.api:
+            continue
+        if not board.acquire(endpoint.id, time.monotonic()):
+            metrics.upstream_error(endpoint=endpoint.id, kind="breaker_open")
+            continue
+        if left is not None:
+            metrics.failover(endpoint=left)
+        tried.append(endpoint.id)
+        provider = provider_name(str(endpoint.kind))
+        attempt = trace.start_attempt(
+            endpoint=endpoint.id,
+            server_address=route.origin.host,
+            server_port=route.origin.port,
+            method=call.method,
+            attempt=len(tried),
+            provider=provider,
+        )
+        sending = replace_trace_headers(forwarded, attempt.trace_headers())
+        sent = time.perf_counter()
+        try:
+            response = await runtime.client.send(build_request(route, call, sending))
+        except UpstreamError as exc:
+            elapsed = time.perf_counter() - sent
+            kind = _error_kind(exc)
+            attempt.end(error=kind)
+            metrics.upstream(endpoint=endpoint.id, status=None, duration_s=elapsed)
+            metrics.upstream_error(endpoint=endpoint.id, kind=kind)
+            board.observe_failure(endpoint.id, str(exc), time.monotonic())
+            timeouts += isinstance(exc, UpstreamTimeout)
+            failure = f"endpoint {endpoint.id}: {exc}"
+            left = endpoint.id
+            continue
+        elapsed = time.perf_counter() - sent
+        metrics.upstream(endpoint=endpoint.id, status=response.status, duration_s=elapsed)
+        if response.status >= 500:
+            response.close()
+            attempt.end(status=response.status)
+            metrics.upstream_error(endpoint=endpoint.id, kind="status")
+            board.observe_failure(endpoint.id, f"HTTP {response.status}", time.monotonic())
+            failure = f"endpoint {endpoint.id} answered HTTP {response.status}"
+            left = endpoint.id
+            continue
+        attempt.end(status=response.status)
+        board.observe_success(endpoint.id, elapsed, time.monotonic())
+        exchange.status = response.status
+        exchange.endpoint = endpoint.id
+        exchange.processing_country = endpoint.country
+        exchange.failovers = len(tried) - 1
+        trace.routed(
+            endpoint=endpoint.id,
+            processing_country=endpoint.country,
+            failovers=len(tried) - 1,
+            provider=provider,
+        )
+        tap, error = await _relay(response, endpoint, decision_id, receive, send, metrics, started)
+        exchange.bytes_out = tap.bytes_out
+        observe_usage(
+            exchange,
+            tap,
+            metrics,
+            operation=_operation_name(call.operation),
+            provider=provider,
+            model=call.model,
+            endpoint=endpoint.id,
+            duration_s=time.perf_counter() - sent,
+            error=error,
+        )
+        spawn_outcome(
+            runtime, exchange, call, decision, decision_id, started,
+            endpoint=endpoint, attempts=tried, status=response.status, tap=tap, error=error,
+        )  # fmt: skip
+        return None
+    if tried and timeouts == len(tried):
+        error_response = refusal.gateway_timeout(
+            decision_id, f"no compliant endpoint answered in time ({failure})"
+        )
+    else:
+        error_response = refusal.unavailable(decision_id, failure, retry_after)
+    exchange.failovers = max(len(tried) - 1, 0)
+    spawn_outcome(
+        runtime, exchange, call, decision, decision_id, started,
+        endpoint=None, attempts=tried, status=error_response.status, tap=None, error=failure,
+    )  # fmt: skip
+    return error_response
+
+
+async def _relay(
+    response: UpstreamResponse,
+    endpoint: Endpoint,
+    decision_id: str,
+    receive: Any,
+    send: Any,
+    metrics: Metrics,
+    started: float,
+) -> tuple[UsageTap, str | None]:
+    """Send the response head and stream the body through, chunk by chunk."""
+    named: set[bytes] = set()
+    content_type = b""
+    length: int | None = None
+    for name, value in response.headers:
+        if name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+        elif name == b"content-type":
+            content_type = value.lower()
+        elif name == b"content-length" and value.isdigit():
+            length = int(value)
+    headers = [(n, v) for n, v in response.headers if n not in _RESPONSE_DROPPED and n not in named]
+    headers.append((DECISION_HEADER, decision_id.encode()))
+    headers.append((ENDPOINT_HEADER, endpoint.id.encode()))
+    headers.append((COUNTRY_HEADER, endpoint.country.encode()))
+    tap = UsageTap(content_type, length)
+    watcher = None
+    if length is None:
+        # An open-ended body (a stream): watch for the client going away meanwhile, or an
+        # idle stream would hold the upstream connection until its next event.
+        watcher = _watch_disconnect(receive, response)
+    try:
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        first = watcher is not None  # a stream: its first byte's time is measured
+        while (chunk := await response.chunk()) is not None:
+            if first:
+                first = False
+                metrics.time_to_first_byte(
+                    endpoint=endpoint.id, seconds=time.perf_counter() - started
+                )
+            tap.feed(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return tap, None
+    except UpstreamError as exc:
+        # Bytes have reached the client: no failover now. Returning without completing the
+        # response makes the server drop the connection, so the client sees a broken response.
+        if watcher is not None and watcher.done():
+            return tap, "client disconnected"
+        log.warning("endpoint %s failed mid-response: %s", endpoint.id, exc)
+        return tap, f"upstream failed mid-response: {exc}"
+    finally:
+        response.close()
+        if watcher is not None:
+            watcher.cancel()
+
+
+def _watch_disconnect(receive: Any, response: UpstreamResponse) -> asyncio.Task:
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                response.abort()
+                return
+
+    return asyncio.get_running_loop().create_task(watch(), name="geopin-disconnect-watch")
+
+
+def _error_kind(exc: UpstreamError) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamConnectError):
+        return "connect"
+    if isinstance(exc, UpstreamProtocolError):
+        return "protocol"
+    return "other"
+
+
+def _operation_name(operation: str) -> str:
+    """``gen_ai.operation.name`` of a forwarded call, per the GenAI conventions."""
+    if operation in ("/chat/completions", "/messages", "/responses"):
+        return "chat"
+    if operation == "/completions":
+        return "text_completion"
+    if operation == "/embeddings":
+        return "embeddings"
+    return "other"

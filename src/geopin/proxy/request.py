@@ -1,0 +1,122 @@
+"""Reading a client's request: its route, body, call, declared data class and trace id."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from geopin.proxy import refusal
+from geopin.proxy.refusal import ErrorResponse
+from geopin.proxy.state import RuntimeState
+from geopin.proxy.upstream import Api, ClientCall
+
+DATA_CLASS_HEADER = b"x-geopin-data-class"
+AZURE_PREFIX = "/openai/deployments/"
+# Operations whose path is its own route; any other is reported as a template, so a client
+# cannot grow the number of metric series by inventing paths.
+_OPERATIONS = frozenset(
+    ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages", "/models")
+)
+
+
+class ClientGone(Exception):
+    """The client disconnected; there is nobody left to answer."""
+
+
+def route_template(path: str) -> str | None:
+    """The low-cardinality route template of ``path`` (None: not a path geopin serves)."""
+    if path.startswith("/v1/"):
+        operation = path[3:]
+        if operation in _OPERATIONS:
+            return path
+        if operation.startswith("/models/"):
+            return "/v1/models/{model}"
+        return "/v1/{operation}"
+    if path.startswith(AZURE_PREFIX):
+        operation = "/" + path[len(AZURE_PREFIX) :].partition("/")[2]
+        shown = operation if operation in _OPERATIONS else "/{operation}"
+        return "/openai/deployments/{deployment}" + shown
+    return None
+
+
+def declared_data_class(state: RuntimeState, headers: list) -> tuple[str | None, Any]:
+    for name, value in headers:
+        if name == DATA_CLASS_HEADER:
+            declared = value.decode("latin-1").strip()
+            if declared not in state.policy.data_classes:
+                known = ", ".join(sorted(state.policy.data_classes)) or "none"
+                return None, refusal.bad_request(
+                    f"X-Geopin-Data-Class '{declared}' is not a data class of the policy "
+                    f"(known: {known})",
+                    "invalid_data_class",
+                )
+            return declared, None
+    return None, None
+
+
+async def read_body(receive: Any, headers: list, limit: int) -> bytes | ErrorResponse:
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                return refusal.bad_request("invalid Content-Length", "invalid_content_length")
+            if int(value) > limit:
+                return refusal.too_large(limit)  # refused before a byte of it is read
+    parts = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return refusal.too_large(limit)
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def parse_call(
+    method: str, operation: str, deployment: str | None, query: str, raw: bytes
+) -> tuple[ClientCall | None, ErrorResponse | None]:
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return None, refusal.bad_request(
+            f"the request body is not valid JSON: {exc}", "invalid_json"
+        )
+    if not isinstance(body, dict):
+        return None, refusal.bad_request("the request body must be a JSON object", "invalid_json")
+    api_version = None
+    model: Any
+    if deployment is not None:
+        model = deployment
+        params = [p for p in query.split("&") if p]
+        versions = [p for p in params if p.startswith("api-version=")]
+        api_version = versions[0].partition("=")[2] if versions else None
+        query = "&".join(p for p in params if not p.startswith("api-version="))
+    else:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return None, refusal.bad_request(
+                "the request body needs a 'model' string", "missing_model", param="model"
+            )
+    api = Api.ANTHROPIC if operation.startswith("/messages") else Api.OPENAI
+    return ClientCall(api, method, operation, model, body, raw, query, api_version), None
+
+
+def client_trace_id(headers: list) -> str | None:
+    """The trace id in the client's ``traceparent``, for when geopin records no trace."""
+    for name, value in headers:
+        if name == b"traceparent":
+            parts = value.split(b"-")
+            if len(parts) >= 4 and len(parts[1]) == 32:
+                return parts[1].decode("latin-1")
+    return None
+
+
+def affinity_key(tenant: str | None, ip: Any) -> bytes:
+    """Tenant and client network (/24 or /48): one client keeps to one endpoint."""
+    prefix = b"" if ip is None else ip.packed[: 3 if ip.version == 4 else 6]
+    return (tenant or "").encode() + b"|" + prefix
