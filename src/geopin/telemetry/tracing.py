@@ -163,6 +163,21 @@ NO_TRACE = RequestTrace()
 # -- the recording handles ---------------------------------------------------------------------
 
 
+def _end_span(
+    span: trace.Span, error: str | None, status: int | None = None, failing_status: int = 400
+) -> None:
+    """End ``span`` with its response status, if any; an ``error``, or a status from
+    ``failing_status`` up, marks it failed with that ``error.type``."""
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= failing_status and error is None:
+            error = str(status)
+    if error is not None:
+        span.set_attribute("error.type", error)
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
 class _ChildSpan(SpanHandle):
     __slots__ = ("_span",)
 
@@ -170,10 +185,7 @@ class _ChildSpan(SpanHandle):
         self._span = span
 
     def end(self, *, error: str | None = None) -> None:
-        if error is not None:
-            self._span.set_attribute("error.type", error)
-            self._span.set_status(Status(StatusCode.ERROR))
-        self._span.end()
+        _end_span(self._span, error)
 
 
 class _Attempt(AttemptSpan):
@@ -192,15 +204,7 @@ class _Attempt(AttemptSpan):
     def end(  # type: ignore[override]
         self, *, status: int | None = None, error: str | None = None
     ) -> None:
-        span = self._span
-        if status is not None:
-            span.set_attribute("http.response.status_code", status)
-            if status >= 400 and error is None:
-                error = str(status)
-        if error is not None:
-            span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        _end_span(self._span, error, status)
 
 
 class _Request(RequestTrace):
@@ -300,14 +304,7 @@ class _Request(RequestTrace):
         self._span.set_attributes(attributes)
 
     def end(self, *, status: int, error: str | None = None) -> None:
-        span = self._span
-        span.set_attribute("http.response.status_code", status)
-        if status >= 500 and error is None:  # 4xx are the client's, not the server's errors
-            error = str(status)
-        if error is not None:
-            span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        _end_span(self._span, error, status, failing_status=500)  # a 4xx is the client's error
 
 
 class Tracing:
