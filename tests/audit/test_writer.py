@@ -334,3 +334,28 @@ def test_commits_never_checkpoint_the_wal_the_checkpointer_does(tmp_path, interv
     else:  # checkpointed between bursts, so the WAL is reused from its start
         assert sizes[-1] < 2 * sizes[0]
     engine.dispose()
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_commit_that_never_returns_is_never_acknowledged(engine):
+    async def main():
+        writer = AuditWriter(engine)
+        await writer.start()
+
+        def interrupted(rows):
+            raise _Interrupted
+
+        writer._commit = interrupted  # type: ignore[method-assign]
+        with pytest.raises(AuditError, match="interrupted"):
+            await writer.record(make_record(1))
+        writer._thread.join(5)  # the interruption ends the thread...
+        with pytest.raises(AuditError, match="stopped"):  # ...and later calls hear of it
+            await writer.record(make_record(2))
+        await writer.close()
+
+    asyncio.run(main())
+    assert _pending_ids(engine) == []

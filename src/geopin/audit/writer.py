@@ -133,8 +133,10 @@ class AuditWriter:
 
     async def record(self, record: Mapping[str, Any]) -> None:
         """Commit ``record`` durably; raise AuditUnavailable if it cannot be kept anywhere."""
-        if not self._running or self._loop is None:
+        if not self._running or self._loop is None or self._thread is None:
             raise AuditError("AuditWriter is not running (call start(), not after close())")
+        if not self._thread.is_alive():
+            raise AuditError("the audit writer's thread has stopped")
         body = encode(record)
         future: asyncio.Future[None] = self._loop.create_future()
         self._accepted += 1
@@ -181,8 +183,12 @@ class AuditWriter:
 
     def _work(self) -> None:
         try:
-            while self._work_once():
-                pass
+            while True:
+                try:
+                    if not self._work_once():
+                        return
+                except Exception:  # a broken spool, say: log it, keep serving the queue
+                    log.exception("audit writer: unexpected failure, continuing")
         finally:
             self._disconnect()
 
@@ -212,15 +218,20 @@ class AuditWriter:
         return not stopped
 
     def _commit_batch(self, batch: list[_Item]) -> None:
-        error: BaseException | None = None
+        # Until the commit returns, the batch counts as failed: nothing unwritten is acknowledged.
+        error: BaseException | None = AuditError("audit write interrupted")
         try:
             self._commit([(rid, body) for rid, body, _ in batch])
+            error = None
         except Exception as exc:  # every waiter hears about the failure
             error = exc if isinstance(exc, AuditError) else AuditError(f"audit write: {exc}")
         finally:
             self._finished += len(batch)
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(_settle, batch, error)
+            try:
+                self._loop.call_soon_threadsafe(_settle, batch, error)
+            except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                pass
 
     def _commit(self, rows: list[tuple[str, bytes]]) -> None:
         if self.spool is not None and self._spool_backlog:
