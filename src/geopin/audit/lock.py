@@ -47,16 +47,14 @@ class FileLock:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self.release()
             return False
         return True
 
     def release(self) -> None:
+        """Unlock and close: a sequencer holds no descriptor between runs."""
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # closing the file releases its flock
             self._fd = None
 
 
