@@ -336,9 +336,16 @@ def test_a_dead_collector_does_not_affect_requests(tmp_path, mocks, collector, p
         assert statistics.median(latencies) < 0.1, latencies
         assert max(latencies) < 1.0, max(latencies)
     finally:
+        before = set(threading.enumerate())
         started = time.perf_counter()
         router.stop()
         if hole:
             hole.close()
     # The last export is abandoned after shutdown_timeout_s, not waited for.
     assert time.perf_counter() - started < 10
+    # The abandoned exports end on their own once their timeout passes: wait for them, so
+    # their retries (which draw on the global `random`) do not run into later tests.
+    deadline = time.monotonic() + 2 * settings["otlp_timeout_s"] + 5
+    for thread in before:
+        if thread.name.startswith(("Otel", "geopin-telemetry")) and thread.is_alive():
+            thread.join(max(0.0, deadline - time.monotonic()))
