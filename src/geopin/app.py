@@ -212,7 +212,10 @@ def app_from_environment() -> GeopinApp:
 
 
 def _audit_writer(settings: Settings) -> AuditWriter:
-    engine = create_audit_engine(settings.audit.database_url.get_secret_value())
+    engine = create_audit_engine(
+        settings.audit.database_url.get_secret_value(),
+        sqlite_synchronous=settings.audit.sqlite_synchronous,
+    )
     try:
         check_schema(engine)
     except AuditUnavailable:

@@ -83,6 +83,10 @@ class AuditSettings(_Section):
     spool: Path | None = Field(
         default=None, description="File where records wait while the database is down (else: 503)."
     )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL",
+        description="SQLite durability: NORMAL survives a killed process, FULL a power loss.",
+    )
     client_key: SecretStr | None = Field(
         default=None,
         description="HMAC key for client addresses in records (random per start if unset).",
