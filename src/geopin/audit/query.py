@@ -22,26 +22,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from geopin.audit.db import translate_errors
-from geopin.audit.records import format_time
+from geopin.audit.records import FLAT_KEYS, format_time
 from geopin.audit.schema import FLAT_FIELDS, record_rules, records
 from geopin.audit.store import pending_count
 from geopin.errors import AuditError
 from geopin.policy.places import PlaceSet
 
 # Fields a query can filter on (each takes several values, OR'd) and stats can group by.
-FILTER_FIELDS = (
-    "kind",
-    "tenant",
-    "country",
-    "subdivision",
-    "model",
-    "endpoint",
-    "processing_country",
-    "action",
-    "policy_version",
-    "decision_id",
-    "rule",
-)
+FILTER_FIELDS = ("kind", *FLAT_KEYS, "rule")
 GROUP_FIELDS = (*FILTER_FIELDS, "day", "month")
 MAX_LIMIT = 10_000
 

@@ -22,6 +22,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from geopin.audit.records import FLAT_KEYS
+
 metadata = MetaData()
 
 # Alembic's own version table, named so it cannot collide with another application's Alembic
@@ -41,19 +43,7 @@ pending = Table(
 )
 
 # Fields copied out of the body into indexed columns (column name = record key).
-FLAT_FIELDS: tuple[str, ...] = (
-    "kind",
-    "ts",
-    "tenant",
-    "country",
-    "subdivision",
-    "model",
-    "endpoint",
-    "processing_country",
-    "action",
-    "policy_version",
-    "decision_id",
-)
+FLAT_FIELDS: tuple[str, ...] = ("kind", "ts", *FLAT_KEYS)
 
 records = Table(
     "audit_records",
