@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from geopin.errors import ConfigError
+from geopin.files import fsync_directory
 
 DEFAULT_KEYS_FILE = "geopin-keys.json"
 KEYS_FILE_ENV = "GEOPIN_KEYS_FILE"
@@ -179,7 +180,7 @@ class KeyStore:
         except OSError as exc:
             _unlink_quietly(tmp)
             raise ConfigError(f"{self.path}: cannot write keys file: {exc}") from exc
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -333,17 +334,3 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -11,14 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geopin.audit.checkpoint import (
-    Checkpoint,
-    CheckpointFile,
-    SigningKey,
-    TornEntryError,
-    VerifierKey,
-    unverified_checkpoint,
-)
+from geopin.audit.checkpoint import Checkpoint, SigningKey, VerifierKey, unverified_checkpoint
+from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.merkle import EMPTY_ROOT, leaf_hash
 from geopin.errors import AuditError, ConfigError, GeopinError, VerificationError
 

@@ -10,7 +10,8 @@ from audit_factories import add_pending, append_and_sequence, make_outcome, make
 
 from geopin.audit import merkle
 from geopin.audit.canonical import canonical_json
-from geopin.audit.checkpoint import CheckpointFile, SigningKey
+from geopin.audit.checkpoint import SigningKey
+from geopin.audit.checkpoint_file import CheckpointFile
 from geopin.audit.db import create_audit_engine
 from geopin.audit.schema import checkpoints, nodes, pending, record_rules, records
 from geopin.audit.sequencer import Sequencer

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from geopin.app import build_app
-from geopin.audit.checkpoint import CheckpointFile, SigningKey
+from geopin.audit.checkpoint import SigningKey
+from geopin.audit.checkpoint_file import CheckpointFile
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
 from geopin.audit.schema import checkpoints, pending, records

@@ -24,8 +24,7 @@ names the key after the origin.
 
 Beyond the shared contract: ``SigningKey.sign_text`` / ``VerifierKey.open_text`` sign and open
 an arbitrary note text, ``unverified_checkpoint`` reads a note's body without a key (for
-display only), ``CheckpointFile.iter_notes`` streams the file, and
-``CheckpointFile.discard_torn_tail`` removes an incomplete last entry on request.
+display only). The checkpoint file outside the database is in ``checkpoint_file.py``.
 """
 
 from __future__ import annotations
@@ -33,35 +32,26 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import os
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: appends are still atomic per write, just not locked
-    fcntl = None  # type: ignore[assignment]
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from geopin.errors import AuditError, ConfigError, VerificationError
+from geopin.errors import ConfigError, VerificationError
 
 __all__ = [
     "Checkpoint",
-    "CheckpointFile",
     "SigningKey",
-    "TornEntryError",
     "VerifierKey",
     "unverified_checkpoint",
 ]
 
 _ALG_ED25519 = 0x01
-_SIG_PREFIX = "\u2014 "  # em dash, space
+SIG_PREFIX = "\u2014 "  # em dash, space
 _MAX_NOTE_BYTES = 1 << 20
 _MAX_SIGNATURES = 100  # Go's note.Open limit; the spec asks for at least 16
 _HASH_SIZE = 32
@@ -160,7 +150,7 @@ class _Signature:
     signature: bytes
 
 
-def _split_note(note: str | bytes) -> tuple[str, list[_Signature]]:
+def split_note(note: str | bytes) -> tuple[str, list[_Signature]]:
     """The note's text and its signature lines, or ``ValueError`` naming the defect."""
     if isinstance(note, bytes | bytearray):
         try:
@@ -187,8 +177,8 @@ def _split_note(note: str | bytes) -> tuple[str, list[_Signature]]:
     first_line = text.count("\n") + 2
     signatures = []
     for number, line in enumerate(lines, start=first_line):
-        name, _, blob_text = line.removeprefix(_SIG_PREFIX).partition(" ")
-        if not line.startswith(_SIG_PREFIX) or not _valid_name(name) or " " in blob_text:
+        name, _, blob_text = line.removeprefix(SIG_PREFIX).partition(" ")
+        if not line.startswith(SIG_PREFIX) or not _valid_name(name) or " " in blob_text:
             raise ValueError(f"note line {number} is not a signature line: {line[:60]!r}")
         blob = _b64decode(blob_text, f"signature on note line {number}")
         if len(blob) < 5:
@@ -200,7 +190,7 @@ def _split_note(note: str | bytes) -> tuple[str, list[_Signature]]:
 def unverified_checkpoint(note: str) -> Checkpoint:
     """The checkpoint a note claims, WITHOUT checking any signature: for display and routing
     only (``make_bundle`` reads the tree size this way). ``ValueError`` if malformed."""
-    text, _ = _split_note(note)
+    text, _ = split_note(note)
     return Checkpoint.from_body(text)
 
 
@@ -279,7 +269,7 @@ class VerifierKey:
     def open_text(self, note: str) -> str:
         """The note's text once this key's signature on it verifies; else VerificationError."""
         try:
-            text, signatures = _split_note(note)
+            text, signatures = split_note(note)
         except ValueError as exc:
             raise VerificationError(f"malformed note: {exc}") from exc
         mine = [s for s in signatures if s.name == self.name and s.key_id == self.key_id]
@@ -395,176 +385,8 @@ class SigningKey:
             raise ValueError("note text must end with a newline and hold no control characters")
         signature = self.private_key.sign(text.encode("utf-8"))
         blob = base64.b64encode(self.verifier().key_id + signature).decode()
-        return f"{text}\n{_SIG_PREFIX}{self.name} {blob}\n"
+        return f"{text}\n{SIG_PREFIX}{self.name} {blob}\n"
 
     def sign(self, cp: Checkpoint) -> str:
         """The whole signed note for ``cp``."""
         return self.sign_text(cp.body())
-
-
-# ---------------------------------------------------------------------------------------------
-# The checkpoint file: a copy of every signed checkpoint outside the database
-
-
-class TornEntryError(VerificationError):
-    """The checkpoint file ends in an incomplete entry, as a crash during a write leaves it.
-
-    ``notes`` holds the complete notes before it (when raised by ``read``), ``line`` and
-    ``offset`` where the incomplete entry starts, ``partial`` its text.
-    """
-
-    def __init__(self, path: Path, line: int, offset: int, partial: str) -> None:
-        self.path, self.line, self.offset, self.partial = path, line, offset, partial
-        self.notes: list[str] = []
-        super().__init__(
-            f"{path}:{line}: the last entry (from byte {offset}) is incomplete, a torn write;"
-            " the complete entries before it are intact"
-        )
-
-
-def _entries(lines: Iterable[bytes], path: Path) -> Iterator[tuple[str, int]]:
-    """Yield (note, end offset) per complete entry: text lines, a blank line, signature lines,
-    a blank line. Mid-file damage raises VerificationError; an incomplete tail TornEntryError."""
-    text: list[str] = []
-    sigs: list[str] | None = None  # None while reading the text
-    pending: list[bytes] = []  # raw lines of the entry being read, to report if torn
-    start = offset = 0
-    start_line = 1
-    for number, raw in enumerate(lines, start=1):
-        offset += len(raw)
-        pending.append(raw)
-        if not raw.endswith(b"\n"):
-            break  # an unterminated line can only be the last: torn
-        try:
-            line = raw[:-1].decode("utf-8")
-        except UnicodeDecodeError:
-            raise VerificationError(f"{path}:{number}: not valid UTF-8") from None
-        if sigs is None:
-            if line:
-                text.append(line)
-            elif text:
-                sigs = []
-            else:
-                raise VerificationError(f"{path}:{number}: blank line where a note should start")
-        elif line.startswith(_SIG_PREFIX):
-            sigs.append(line)
-        elif line or not sigs:
-            raise VerificationError(f"{path}:{number}: expected a signature line")
-        else:
-            yield "\n".join(text) + "\n\n" + "\n".join(sigs) + "\n", offset
-            text, sigs, pending, start, start_line = [], None, [], offset, number + 1
-    if pending:
-        partial = b"".join(pending).decode("utf-8", "replace")
-        raise TornEntryError(path, start_line, start, partial)
-
-
-class CheckpointFile:
-    """Append-only text file of signed notes, one per checkpoint, each followed by a blank line.
-
-    It lives outside the database, so rewriting the database cannot rewrite history unseen.
-    Each append is one write of the whole entry, fsync'd (and the directory fsync'd when the
-    file is created). A crash can still leave a partial last entry: ``read`` reports it as
-    ``TornEntryError`` rather than dropping it, and ``append`` refuses to write after it until
-    ``discard_torn_tail`` has removed it.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def append(self, note: str) -> None:
-        _check_entry(note)
-        data = note.encode("utf-8") + b"\n"
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot open checkpoint file: {exc.strerror}") from exc
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # one appender at a time, across processes
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 2, size - 2) != b"\n\n":
-                self._raise_damage()  # never write after a partial entry: it would corrupt both
-            try:
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, size)  # leave no partial entry behind if we can help it
-                raise
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot append checkpoint: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
-        if size == 0:
-            _fsync_directory(self.path.parent)
-
-    def iter_notes(self) -> Iterator[str]:
-        """Stream the notes in order; a missing file has none."""
-        try:
-            with self.path.open("rb") as f:
-                for note, _ in _entries(f, self.path):
-                    yield note
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot read checkpoint file: {exc.strerror}") from exc
-
-    def read(self) -> list[str]:
-        notes: list[str] = []
-        try:
-            notes.extend(self.iter_notes())
-        except TornEntryError as exc:
-            exc.notes = notes
-            raise
-        return notes
-
-    def _raise_damage(self) -> None:
-        for _ in self.iter_notes():
-            pass
-        raise VerificationError(f"{self.path}: does not end with a complete entry")
-
-    def discard_torn_tail(self) -> str | None:
-        """Cut an incomplete last entry off the file and return its text (None if complete)."""
-        try:
-            for _ in self.iter_notes():
-                pass
-        except TornEntryError as exc:
-            with self.path.open("r+b") as f:
-                if fcntl is not None:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                f.seek(exc.offset)
-                removed = f.read()
-                f.truncate(exc.offset)
-                f.flush()
-                os.fsync(f.fileno())
-            return removed.decode("utf-8", "replace")
-        return None
-
-
-def _check_entry(note: str) -> None:
-    """A note the file can hold and give back unchanged: text without blank lines, signed."""
-    try:
-        _split_note(note)
-    except ValueError as exc:
-        raise ValueError(f"not a signed note: {exc}") from exc
-    try:
-        entries = list(_entries(io.BytesIO(note.encode("utf-8") + b"\n"), Path("<note>")))
-    except VerificationError:
-        entries = []
-    if [n for n, _ in entries] != [note]:
-        raise ValueError("a note with blank lines in its text cannot go in the checkpoint file")
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Make the new file's directory entry durable too.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the file itself is synced
-    finally:
-        os.close(fd)

@@ -36,7 +36,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
 from geopin.audit.batch import Batch, apply, id_time, plan, store_in_chunks
-from geopin.audit.checkpoint import Checkpoint, CheckpointFile, SigningKey, TornEntryError
+from geopin.audit.checkpoint import Checkpoint, SigningKey
+from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
 from geopin.audit.lock import FileLock, background_priority, low_priority
 from geopin.audit.records import format_time

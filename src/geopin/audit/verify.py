@@ -24,7 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
 from geopin.audit.canonical import canonical_json
-from geopin.audit.checkpoint import CheckpointFile, TornEntryError, VerifierKey
+from geopin.audit.checkpoint import VerifierKey
+from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.db import translate_errors
 from geopin.audit.records import flat_columns, rule_ids
 from geopin.audit.schema import FLAT_FIELDS, checkpoints, nodes, record_rules, records
