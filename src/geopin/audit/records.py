@@ -7,12 +7,13 @@ under a key from configuration, so one client's requests can be linked without n
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import ipaddress
 import os
 import re
 import time as _time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,14 +29,36 @@ KINDS = ("decision", "outcome", "prune")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Random bits for record ids, read from the OS in blocks: one getrandom() call per
+# _RANDOM_BLOCK ids instead of one per id (each call also gives up the GIL, which a busy
+# audit thread then holds for a switch interval). deque.popleft is atomic, so threads never
+# share a value; a forked child drops the parent's unused values.
+_RANDOM_BLOCK = 256
+_RAND_MASK = (1 << 62) - 1
+_MS_MASK = (1 << 48) - 1
+_ID_FIXED = 0x7 << 76 | 0b10 << 62
+_random_pool: deque[int] = deque()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random_pool.clear)
+
+
+def _random62() -> int:
+    try:
+        return _random_pool.popleft()
+    except IndexError:
+        block = os.urandom(8 * _RANDOM_BLOCK)
+        _random_pool.extend(
+            int.from_bytes(block[i : i + 8], "big") & _RAND_MASK for i in range(8, len(block), 8)
+        )
+        return int.from_bytes(block[:8], "big") & _RAND_MASK
+
+
 def new_record_id() -> str:
     """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 12 bits of sub-millisecond time
     and 62 random bits, so ids sort by creation time and never collide across hosts."""
-    ns = _time.time_ns()
-    ms, sub_ns = divmod(ns, 1_000_000)
+    ms, sub_ns = divmod(_time.time_ns(), 1_000_000)
     sub = sub_ns * 4096 // 1_000_000  # the fraction of the millisecond, in 1/4096ths
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | sub << 64 | 0b10 << 62 | rand
+    value = (ms & _MS_MASK) << 80 | _ID_FIXED | sub << 64 | _random62()
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -44,7 +67,10 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds: fixed width, so the text sorts as the time does."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"audit times must be timezone-aware, got naive {moment!r}")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat is several times faster than strftime and always writes four year digits.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
@@ -57,10 +83,18 @@ def client_fields(client: IPAddress | None, key: bytes | None) -> dict[str, str 
         raise ConfigError("recording a client address needs an audit client-address HMAC key")
     if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
         client = client.ipv4_mapped
-    bits = 24 if client.version == 4 else 48
-    prefix = ipaddress.ip_network(f"{client}/{bits}", strict=False)
-    digest = hmac.new(key, client.packed, hashlib.sha256).hexdigest()
-    return {"client_prefix": str(prefix), "client_hmac": digest}
+    digest = hmac.digest(key, client.packed, "sha256").hex()
+    return {"client_prefix": network_prefix(client), "client_hmac": digest}
+
+
+@functools.lru_cache(maxsize=4096)
+def network_prefix(client: IPAddress) -> str:
+    """The /24 (IPv4) or /48 (IPv6) network of ``client``, as text (``198.51.100.0/24``)."""
+    if client.version == 4:
+        a, b, c = client.packed[:3]
+        return f"{a}.{b}.{c}.0/24"
+    prefix = int.from_bytes(client.packed[:6], "big") << 80
+    return str(ipaddress.IPv6Network((prefix, 48)))
 
 
 def decision_record(

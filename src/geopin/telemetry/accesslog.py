@@ -11,11 +11,12 @@ client's full address and the query string.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import IO, Any
 
 ACCESS_LOGGER = "geopin.access"
@@ -32,8 +33,15 @@ def client_prefix(ip: IPv4Address | IPv6Address | None) -> str | None:
     not enough to name a person."""
     if ip is None:
         return None
-    bits = 24 if ip.version == 4 else 48
-    return str(ip_network(f"{ip}/{bits}", strict=False))
+    return _prefix(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefix(ip: IPv4Address | IPv6Address) -> str:
+    if ip.version == 4:
+        a, b, c = ip.packed[:3]
+        return f"{a}.{b}.{c}.0/24"
+    return str(IPv6Network((int.from_bytes(ip.packed[:6], "big") << 80, 48)))
 
 
 def access_log(
