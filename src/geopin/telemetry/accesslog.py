@@ -97,6 +97,11 @@ def _short(value: str | None) -> str | None:
     return None if value is None else str(value)[:_MAX_FIELD]
 
 
+# ASCII only: no U+0085 or U+2028 that a reader could take for a line break. Built once:
+# json.dumps with options other than the defaults builds a new encoder for every line.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, and the access fields."""
 
@@ -113,8 +118,7 @@ class JsonFormatter(logging.Formatter):
             out.update((k, v) for k, v in access.items() if v is not None)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        # ASCII only: no U+0085 or U+2028 that a reader could take for a line break.
-        return json.dumps(out, ensure_ascii=True, separators=(",", ":"), default=str)
+        return _LINE_ENCODER.encode(out)
 
 
 class TextFormatter(logging.Formatter):
