@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -42,17 +43,26 @@ def _one_request(telemetry: Telemetry, i: int) -> None:
 
 
 def _exercise(telemetry: Telemetry, seconds: float) -> list[float]:
-    """Record requests for at least ``seconds`` (so exports are attempted meanwhile)."""
+    """Record requests for at least ``seconds`` (so exports are attempted meanwhile).
+
+    The cyclic garbage collector is held off while measuring: a full collection of
+    the test process is a pause of its own, not one the exporters cause.
+    """
     times = []
-    started = time.perf_counter()
-    i = 0
-    while i < REQUESTS or time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
-        _one_request(telemetry, i)
-        times.append(time.perf_counter() - t0)
-        i += 1
-        if i >= REQUESTS:
-            time.sleep(0.01)  # keep going past the first export without burning the CPU
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        i = 0
+        while i < REQUESTS or time.perf_counter() - started < seconds:
+            t0 = time.perf_counter()
+            _one_request(telemetry, i)
+            times.append(time.perf_counter() - t0)
+            i += 1
+            if i >= REQUESTS:
+                time.sleep(0.01)  # keep going past the first export without burning the CPU
+    finally:
+        gc.enable()
     return times
 
 
@@ -71,8 +81,12 @@ def _unreachable(endpoint: str, protocol: str) -> Telemetry:
 
 def _check_fast_and_bounded(telemetry: Telemetry) -> None:
     times = _exercise(telemetry, seconds=2.5)
-    # An export blocking the caller would cost a whole export timeout (1 s) somewhere.
-    assert max(times) < EXPORT_TIMEOUT_S / 2, max(times)
+    # An export blocking the caller would cost a whole export timeout (1 s), and it
+    # would do so at every export (metrics are exported every 0.2 s), so it shows as
+    # a run of slow calls; a lone stall of the shared machine shows as one.
+    slow = [t for t in times if t > 0.1]
+    assert len(slow) <= 2, slow
+    assert max(times) < EXPORT_TIMEOUT_S * 0.9, max(times)
     assert statistics.median(times) < 0.002, statistics.median(times)
     started = time.perf_counter()
     telemetry.shutdown()
