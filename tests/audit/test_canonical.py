@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geopin.audit import canonical
 from geopin.audit.canonical import MAX_SAFE_INTEGER, canonical_json
 
 
@@ -158,6 +159,68 @@ def test_canonical_form_is_a_fixed_point(value):
     once = canonical_json(value)
     assert canonical_json(json.loads(once)) == once
     assert json.loads(once) == value
+
+
+class _Tier(StrEnum):
+    EDGE = "edge"
+
+
+def _reference(value: object) -> bytes:
+    """The pure-Python encoder alone, which the C fast path must match byte for byte."""
+    return canonical._encode(value).encode("utf-8")
+
+
+# ASCII keys, and strings dense in what needs escaping, so the fast path is really exercised.
+_ascii_keys = st.text(st.characters(max_codepoint=0x7F), max_size=8)
+_tricky_text = st.text(
+    st.one_of(
+        st.characters(max_codepoint=0x7F),
+        st.sampled_from(["\u2028", "\u2029", "\x7f", "\u00e9", "\U0001f600", "\ufeff"]),
+    )
+)
+_plain_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER),
+        _tricky_text,
+    ),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(_ascii_keys, children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400)
+@given(_plain_values)
+def test_fast_path_is_taken_and_agrees_with_the_reference_encoder(value):
+    assert canonical._plain(value)
+    assert canonical_json(value) == _reference(value)
+
+
+@settings(max_examples=300)
+@given(_json_values)
+def test_every_value_encodes_as_the_reference_encoder_does(value):
+    # Non-ASCII keys leave the fast path (UTF-16 order); the result is the same bytes.
+    assert canonical_json(value) == _reference(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"k": 1.0},
+        {"k": (1, 2)},
+        {"k": 2**53},
+        {1: "x"},
+        {"\u00e9": 1},
+        {"k": _Tier.EDGE},
+        [b"x"],
+        {"k": {"deep": [1, 2.5]}},
+    ],
+)
+def test_values_outside_the_plain_types_leave_the_fast_path(value):
+    assert not canonical._plain(value)
 
 
 @settings(max_examples=200)

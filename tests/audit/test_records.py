@@ -111,3 +111,32 @@ def test_encode_refuses_malformed_records(change, message):
     record = {**make_record(), **change}
     with pytest.raises(AuditError, match=message):
         encode(record)
+
+
+def test_records_of_real_decisions_take_the_fast_canonical_path():
+    """Records are written on the request path: those built from the shipped policy's
+    decisions hold only the plain types, so the C encoder writes them."""
+    from pathlib import Path
+
+    from geopin.audit import canonical
+    from geopin.geo.location import Location, LocationSource
+    from geopin.policy.decision import RequestContext
+    from geopin.policy.engine import decide
+    from geopin.policy.loader import load_policy
+
+    policy = load_policy(Path(__file__).parents[2] / "policies")
+    places = [("DE", None), ("CA", "CA-QC"), ("CN", None), ("US", None), (None, None)]
+    actions = set()
+    for country, subdivision in places:
+        location = Location(country, subdivision, LocationSource.MMDB, "GeoIP2-City test")
+        decision = decide(policy, RequestContext(location, "gpt-4o-mini", data_class="pii"))
+        actions.add(str(decision.action))
+        endpoint = decision.candidates[0] if decision.candidates else None
+        record = make_record(
+            1, decision=decision, country=country, subdivision=subdivision, endpoint=endpoint
+        )
+        assert canonical._plain(record), record
+        assert encode(record) == canonical._encode(record).encode()
+        outcome = make_outcome(1, endpoint=endpoint, usage={"prompt_tokens": 3})
+        assert canonical._plain(outcome), outcome
+    assert actions == {"route", "deny"}

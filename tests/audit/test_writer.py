@@ -71,6 +71,70 @@ def test_close_flushes_everything_queued(engine):
     assert len(_pending_ids(engine)) == 50
 
 
+def test_a_lingering_record_rides_with_the_next_commit(engine):
+    async def main():
+        writer = AuditWriter(engine, linger_s=30.0)  # the timer never fires in this test
+        await writer.start()
+        outcome = make_record(1)
+        lingering = asyncio.create_task(writer.record(outcome, linger=True))
+        await asyncio.sleep(0.1)
+        assert not lingering.done() and _pending_ids(engine) == []  # no commit of its own
+        assert writer.queue_depth == 1
+        await writer.record(make_record(2))  # the next decision's commit takes it along
+        await asyncio.wait_for(lingering, 1.0)
+        stats = writer.stats()
+        await writer.close()
+        return stats
+
+    stats = asyncio.run(main())
+    assert stats.transactions == 1 and stats.records == 2
+    assert len(_pending_ids(engine)) == 2
+
+
+def test_a_lingering_record_is_committed_within_linger_s_on_its_own(engine):
+    async def main():
+        writer = AuditWriter(engine, linger_s=0.05)
+        await writer.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(writer.record(make_record(n), linger=True) for n in range(20)))
+        waited = loop.time() - started
+        stats = writer.stats()
+        await writer.close()
+        return waited, stats
+
+    waited, stats = asyncio.run(main())
+    assert 0.04 <= waited < 2.0
+    assert stats.transactions == 1 and stats.records == 20
+
+
+def test_close_commits_what_is_lingering(engine):
+    async def main():
+        writer = AuditWriter(engine, linger_s=30.0)
+        await writer.start()
+        tasks = [asyncio.create_task(writer.record(make_record(n), linger=True)) for n in range(10)]
+        await asyncio.sleep(0)
+        await writer.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 1.0)
+
+    asyncio.run(main())
+    assert len(_pending_ids(engine)) == 10
+
+
+def test_more_lingering_than_a_batch_takes_several_commits(engine):
+    async def main():
+        writer = AuditWriter(engine, linger_s=0.01, max_batch=8)
+        await writer.start()
+        await asyncio.gather(*(writer.record(make_record(n), linger=True) for n in range(30)))
+        stats = writer.stats()
+        await writer.close()
+        return stats
+
+    stats = asyncio.run(main())
+    assert stats.records == 30 and stats.transactions >= 4
+    assert len(_pending_ids(engine)) == 30
+
+
 def test_malformed_record_fails_its_caller_only(engine):
     async def main():
         writer = AuditWriter(engine)

@@ -451,7 +451,7 @@ def router_4(tmp_path_factory, mocks):
 class _DownAudit:
     """The audit database at its edge: down, and no spool."""
 
-    async def record(self, record):
+    async def record(self, record, *, linger=False):
         raise AuditUnavailable("database is down")
 
 

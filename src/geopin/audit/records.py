@@ -230,7 +230,7 @@ def encode(record: Mapping[str, Any]) -> bytes:
             raise AuditError(f"audit record field {key!r} must be a string or null")
     try:
         return canonical_json(dict(record))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise AuditError(f"audit record {record.get('id')}: {exc}") from exc
 
 

@@ -16,6 +16,11 @@ path) and a second thread checkpoints it every ``wal_checkpoint_interval_s`` ins
 which never blocks the writer. An in-process gate shared with the sequencer makes them queue
 on a mutex rather than on SQLite's busy handler, which sleeps in steps of up to 100 ms.
 
+A record nobody is waiting on before answering (a request's outcome, written after its
+response has gone) is passed with ``linger=True``: it wakes no commit of its own but joins the
+next one, or one made ``linger_s`` later at most. At concurrency 1 that halves the commits and
+the thread hand-offs per request; it never delays a record that a response waits for.
+
 If the database cannot take records, ``record()`` raises ``AuditUnavailable`` (the router
 answers 503: it fails closed), unless a spool is configured: then the records go to the spool
 and are replayed into the database, once, when it is back.
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _Item = tuple[str, bytes, "asyncio.Future[None]"]
 _STOP = object()
+_WAKE = object()  # commit what is lingering
 _SQLITE_INSERT = (
     "INSERT INTO audit_pending (record_id, body) VALUES (?, ?) ON CONFLICT (record_id) DO NOTHING"
 )
@@ -79,6 +85,7 @@ class AuditWriter:
         check: bool = True,
         on_commit: Callable[[float], None] | None = None,
         wal_checkpoint_interval_s: float = 1.0,
+        linger_s: float = 0.02,
     ) -> None:
         """``on_commit`` is called in the writer's thread after each committed transaction
         with its duration in seconds; what it raises is logged, never passed on."""
@@ -88,10 +95,13 @@ class AuditWriter:
         self.max_batch = max_batch
         self.retry_interval_s = retry_interval_s
         self.wal_checkpoint_interval_s = wal_checkpoint_interval_s
+        self.linger_s = linger_s
         self._check = check
         self._sqlite = engine.dialect.name == "sqlite"
         self._gate = sqlite_write_gate(engine)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lingering: deque[_Item] = deque()  # appended by the loop, taken by the writer
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
@@ -131,8 +141,12 @@ class AuditWriter:
             self._checkpointer.start()
         self._running = True
 
-    async def record(self, record: Mapping[str, Any]) -> None:
-        """Commit ``record`` durably; raise AuditUnavailable if it cannot be kept anywhere."""
+    async def record(self, record: Mapping[str, Any], *, linger: bool = False) -> None:
+        """Commit ``record`` durably; raise AuditUnavailable if it cannot be kept anywhere.
+
+        ``linger``: commit it with the next commit, or within ``linger_s``, rather than at once
+        (for records no response waits on); it returns, as ever, once the record is committed.
+        """
         if not self._running or self._loop is None or self._thread is None:
             raise AuditError("AuditWriter is not running (call start(), not after close())")
         if not self._thread.is_alive():
@@ -140,15 +154,28 @@ class AuditWriter:
         body = encode(record)
         future: asyncio.Future[None] = self._loop.create_future()
         self._accepted += 1
-        self._inbox.put((record["id"], body, future))
+        if linger:
+            self._lingering.append((record["id"], body, future))
+            if self._linger_timer is None:
+                self._linger_timer = self._loop.call_later(self.linger_s, self._wake)
+        else:
+            self._inbox.put((record["id"], body, future))
         await future
+
+    def _wake(self) -> None:
+        self._linger_timer = None
+        if self._lingering:
+            self._inbox.put(_WAKE)
 
     async def close(self) -> None:
         """Commit everything queued, then release the threads and the connections."""
         if not self._running or self._thread is None:
             return
         self._running = False
-        self._inbox.put(_STOP)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._inbox.put(_STOP)  # the last batch takes whatever is lingering too
         await asyncio.to_thread(self._thread.join)
         self._stopping.set()
         if self._checkpointer is not None:
@@ -206,13 +233,19 @@ class AuditWriter:
             if item is _STOP:
                 stopped = True
                 break
-            batch.append(item)
+            if item is not _WAKE:
+                batch.append(item)
             if len(batch) >= self.max_batch:
                 break
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
+        lingering = self._lingering
+        while lingering and (stopped or len(batch) < self.max_batch):
+            batch.append(lingering.popleft())
+        if lingering:  # a full batch left some behind: they get the next commit
+            self._inbox.put(_WAKE)
         if batch:
             self._commit_batch(batch)
         return not stopped

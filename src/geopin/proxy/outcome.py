@@ -110,7 +110,8 @@ async def _record_outcome(
                 bytes_out=tap.bytes_out if tap else None,
                 usage=tap.usage() if tap else None,
                 **fields,
-            )
+            ),
+            linger=True,  # the response has gone; this record joins the next commit
         )
     except AuditError as exc:
         log.error("outcome of decision %s not recorded: %s", fields["decision_id"], exc)

@@ -136,7 +136,7 @@ def watched_files(settings: Settings) -> tuple[tuple[str, int, int], ...]:
 
 
 class AuditSink(Protocol):
-    async def record(self, record: Mapping[str, Any]) -> None: ...
+    async def record(self, record: Mapping[str, Any], *, linger: bool = False) -> None: ...
 
 
 @dataclass

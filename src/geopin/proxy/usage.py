@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from geopin.audit.canonical import MAX_SAFE_INTEGER
+
 KEEP_WHOLE = 256 * 1024  # JSON bodies up to this size are kept to read their usage
 TAIL = 8 * 1024  # bytes of a stream's end kept to find its usage
 
@@ -67,5 +69,11 @@ def _usage_of(value: Any) -> dict[str, int] | None:
         usage = message.get("usage") if isinstance(message, dict) else None
     if not isinstance(usage, dict):
         return None
-    counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    # Counts only, and only what a record can hold: an upstream's odd field is left out, never
+    # allowed to make the outcome record unwritable.
+    counts = {
+        k: v
+        for k, v in usage.items()
+        if type(v) is int and 0 <= v <= MAX_SAFE_INTEGER and len(k) <= 64
+    }
     return counts or None
