@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import re
@@ -35,6 +36,10 @@ def test_client_address_is_kept_as_prefix_and_keyed_hash_only():
     v4 = client_fields(ipaddress.ip_address("198.51.100.77"), CLIENT_KEY)
     assert v4["client_prefix"] == "198.51.100.0/24"
     assert "198.51.100.77" not in json.dumps(v4)
+    # HMAC-SHA256 of the packed address, the same however often the keyed state is reused.
+    expected = hmac.digest(CLIENT_KEY, bytes([198, 51, 100, 77]), "sha256").hex()
+    assert v4["client_hmac"] == expected
+    assert client_fields(ipaddress.ip_address("198.51.100.77"), CLIENT_KEY) == v4
     v6 = client_fields(ipaddress.ip_address("2001:db8:1:2:3::9"), CLIENT_KEY)
     assert v6["client_prefix"] == "2001:db8:1::/48"
     other_key = client_fields(ipaddress.ip_address("198.51.100.77"), b"another key")

@@ -205,6 +205,8 @@ def test_sigterm_drains_an_open_stream_and_exits_zero(served, mocks):
         r for r in router.audit() if r.get("decision_id") == decision_id and r["kind"] == "outcome"
     )
     assert outcome["status"] == 200
+    # The access line, batched, was written on the way out.
+    assert decision_id in {line.get("decision_id") for line in router.access_lines()}
 
 
 def test_sigterm_when_idle_exits_zero_at_once(served, mocks):
@@ -276,3 +278,6 @@ def test_two_workers_share_the_audit_database(served, mocks):
     assert set(decisions) <= recorded
     outcomes = {r["decision_id"] for r in router.audit() if r["kind"] == "outcome"}
     assert set(decisions) <= outcomes
+    # Each worker wrote the access lines it still held in a batch before it exited.
+    logged = {line.get("decision_id") for line in router.access_lines()}
+    assert set(decisions) <= logged

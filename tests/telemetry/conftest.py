@@ -114,6 +114,8 @@ def _restore_logging() -> Iterator[None]:
         )
     yield
     for logger, handlers, level, propagate, disabled in saved:
+        for added in [h for h in logger.handlers if h not in handlers]:
+            added.close()  # a batching handler's timer thread ends with it
         logger.handlers[:] = handlers
         logger.setLevel(level)
         logger.propagate = propagate

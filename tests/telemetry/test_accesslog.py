@@ -4,13 +4,14 @@ import io
 import json
 import logging
 import os
+import time
 from ipaddress import ip_address
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geopin.telemetry import access_log, client_prefix, configure_logging
+from geopin.telemetry import access_log, accesslog, client_prefix, configure_logging
 
 SECRET_KEY = "sk-live-4f9a8b7c6d5e4f3a2b1c"
 PROMPT = "my diagnosis is confidential: patient 4471"
@@ -201,3 +202,78 @@ def test_json_exceptions_stay_on_one_line():
 def test_unknown_level_is_refused():
     with pytest.raises(ValueError):
         configure_logging("loud")
+
+
+def _lines(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _one(i: int) -> None:
+    access_log(method="POST", path="/v1/chat/completions", status=200, duration_s=0.001,
+               decision_id=f"dec-{i}")  # fmt: skip
+
+
+def _wait_for(condition, timeout: float = 5.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "timed out"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_batched_lines_wait_then_arrive_together_within_the_interval():
+    out = io.StringIO()
+    configure_logging("info", stream=out, access_flush_s=0.3)
+    for i in range(5):
+        _one(i)
+    assert out.getvalue() == ""  # nothing written per request
+    waited = _wait_for(lambda: len(_lines(out)) == 5)
+    assert waited < 2.0
+    assert [line["decision_id"] for line in _lines(out)] == [f"dec-{i}" for i in range(5)]
+    # Idle, the timer waits for the next line and starts counting again from it.
+    time.sleep(0.4)
+    _one(5)
+    assert len(_lines(out)) == 5
+    _wait_for(lambda: len(_lines(out)) == 6)
+
+
+def test_a_full_batch_is_written_at_once():
+    out = io.StringIO()
+    configure_logging("info", stream=out, access_flush_s=60)
+    count = 0
+    while out.getvalue() == "":
+        _one(count)
+        count += 1
+        assert count < 10_000
+    assert len(out.getvalue()) >= accesslog._BATCH_BYTES
+    assert len(_lines(out)) == count  # the line that filled it went with the batch
+
+
+def test_flush_logs_and_close_write_what_waits():
+    out = io.StringIO()
+    configure_logging("info", stream=out, access_flush_s=60)
+    _one(1)
+    assert out.getvalue() == ""
+    accesslog.flush_logs()
+    assert [line["decision_id"] for line in _lines(out)] == ["dec-1"]
+    _one(2)
+    (batching,) = [
+        h for h in logging.getLogger("geopin.access").handlers if h.get_name() == "geopin"
+    ]
+    batching.close()
+    assert [line["decision_id"] for line in _lines(out)] == ["dec-1", "dec-2"]
+    _one(3)  # after close, a line is written straight away rather than lost
+    assert _lines(out)[-1]["decision_id"] == "dec-3"
+
+
+def test_reconfiguring_replaces_the_batching_handler_and_writes_what_it_held():
+    first = io.StringIO()
+    configure_logging("info", stream=first, access_flush_s=60)
+    _one(1)
+    second = io.StringIO()
+    configure_logging("info", stream=second)
+    assert [line["decision_id"] for line in _lines(first)] == ["dec-1"]
+    _one(2)
+    assert [line["decision_id"] for line in _lines(second)] == ["dec-2"]
+    names = [h.get_name() for h in logging.getLogger("geopin.access").handlers]
+    assert names == ["geopin"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json.encoder
 import re
+from typing import Any
 
 __all__ = ["MAX_SAFE_INTEGER", "canonical_json"]
 
@@ -128,20 +129,38 @@ def _encode_object(value: dict) -> str:
     return "{" + ",".join(members) + "}"
 
 
+_LEAVES = frozenset({str, bool, type(None)})
+
+
 def _plain(value: object) -> bool:
-    """True when ``value`` holds only the types the C encoder writes canonically."""
+    """True when ``value`` holds only the types the C encoder writes canonically.
+
+    Leaves are checked in the loop (a call per leaf would cost as much as the encoding)."""
     kind = type(value)
-    if kind is str or value is None or kind is bool:
-        return True
     if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str or not key.isascii() or not _plain(item):
+        items: Any = value.values()  # type: ignore[attr-defined]
+        for key in value:  # type: ignore[attr-defined]
+            if type(key) is not str or not key.isascii():
                 return False
-        return True
-    if kind is list:
-        for item in value:  # type: ignore[attr-defined]
-            if not _plain(item):
+    elif kind is list:
+        items = value
+    else:
+        return _plain_leaf(value)
+    for item in items:
+        leaf = type(item)
+        if leaf in _LEAVES:
+            continue
+        if leaf is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 return False
+        elif not _plain(item):
+            return False
+    return True
+
+
+def _plain_leaf(value: object) -> bool:
+    kind = type(value)
+    if kind in _LEAVES:
         return True
     return kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER  # type: ignore[operator]
 

@@ -112,6 +112,7 @@ def _logging_options(settings: Settings) -> dict[str, Any]:
         "level": telemetry.log_level or settings.log_level,
         "json": telemetry.log_format == "json",
         "access": telemetry.access_log,
+        "access_flush_s": telemetry.access_log_flush_s,
     }
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import uvicorn
 
-from geopin.telemetry.accesslog import configure_logging
+from geopin.telemetry.accesslog import configure_logging, flush_logs
 
 log = logging.getLogger("geopin.serve")
 
@@ -108,7 +108,10 @@ class GracefulServer(uvicorn.Server):
 
 def serve(config: uvicorn.Config, grace_s: float) -> None:
     """One process: serve until SIGTERM or SIGINT, drain, return."""
-    GracefulServer(config, grace_s).run()
+    try:
+        GracefulServer(config, grace_s).run()
+    finally:
+        flush_logs()
 
 
 def serve_workers(
@@ -191,4 +194,7 @@ def _worker(
 ) -> None:
     """A worker process: its own logging, its own application (built by the factory)."""
     configure_logging(**logging_options)
-    GracefulServer(config, grace_s).run(sockets=sockets)
+    try:
+        GracefulServer(config, grace_s).run(sockets=sockets)
+    finally:
+        flush_logs()  # a worker ends in os._exit: nothing at exit would write what waits

@@ -59,6 +59,12 @@ class TelemetrySettings(BaseModel):
     access_log: bool = Field(
         default=True, description="One JSON line per request on geopin.access."
     )
+    access_log_flush_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="Longest an access line waits to be written in a batch (0: each at once).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] | None = Field(
         default=None, description="Level of geopin's loggers (the top-level log_level if unset)."
     )
