@@ -26,7 +26,9 @@ from geopin.errors import AuditError
 
 log = logging.getLogger("geopin.audit.sequencer")
 
-SQLITE_CHUNK = 64  # records per SQLite write transaction: about 1.5 ms of the write lock
+SQLITE_CHUNK = (
+    16  # records per SQLite write transaction: well under a millisecond of the write lock
+)
 
 
 @dataclass

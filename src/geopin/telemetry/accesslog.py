@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import IO, Any
@@ -158,6 +159,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size = 0
         self._wake = threading.Condition(self.lock)  # type: ignore[arg-type]
         self._closing = False
+        self._counting = False  # the timer thread is counting down to a write
         self._timer = threading.Thread(target=self._run, name="geopin-access-log", daemon=True)
         self._timer.start()
 
@@ -172,8 +174,9 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size += len(line) + 1
         if self._size >= self.batch_bytes or self._closing:
             self._write()
-        elif len(self._lines) == 1:
-            self._wake.notify()  # the timer starts counting from the first waiting line
+        elif not self._counting:
+            self._counting = True
+            self._wake.notify()  # the timer counts from the first waiting line
 
     def _write(self) -> None:
         if not self._lines:
@@ -194,10 +197,14 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _run(self) -> None:
         with self._wake:
             while not self._closing:
-                if not self._lines:
+                if not self._counting:
                     self._wake.wait()
                     continue
-                self._wake.wait(self.interval_s)
+                # Only close() interrupts the count: a line arriving meanwhile joins the batch.
+                deadline = time.monotonic() + self.interval_s
+                while not self._closing and (left := deadline - time.monotonic()) > 0:
+                    self._wake.wait(left)
+                self._counting = False
                 self._write()
 
     def close(self) -> None:
