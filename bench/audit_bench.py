@@ -4,6 +4,7 @@ and query/stats latency on large logs. Prints medians; results go in bench/READM
     python bench/audit_bench.py writer [--pg URL] [--producers 64] [--seconds 5]
     python bench/audit_bench.py checkpoint [--pg URL]
     python bench/audit_bench.py latency [--cpu N] [--records 5000] [--pg URL]
+    python bench/audit_bench.py sequence [--records 20000] [--pg URL]
     python bench/audit_bench.py query --rows 1000000 [--pg URL] [--sqlite]
 
 Query data is generated with bulk SQL straight into audit_records (not through the writer):
@@ -26,7 +27,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "audit"))
-from audit_factories import make_outcome, make_record  # noqa: E402
+from audit_factories import add_pending, make_outcome, make_record  # noqa: E402
 
 from geopin.audit.checkpoint import SigningKey  # noqa: E402
 from geopin.audit.db import create_audit_engine  # noqa: E402
@@ -198,7 +199,7 @@ async def _router_like(engine, tmp: str, count: int) -> list[float]:
         started = time.perf_counter()
         await writer.record(record)
         samples.append(time.perf_counter() - started)
-        outcome = asyncio.create_task(writer.record(make_outcome(n)))
+        outcome = asyncio.create_task(writer.record(make_outcome(n), linger=True))
         outcomes.add(outcome)
         outcome.add_done_callback(outcomes.discard)
         await asyncio.sleep(0.0003)  # the rest of a proxied request
@@ -207,6 +208,45 @@ async def _router_like(engine, tmp: str, count: int) -> list[float]:
     stop.set()
     await task
     return samples
+
+
+# ---- sequencing throughput ------------------------------------------------------------
+
+
+def _sequence_once(engine, tmp: str, count: int) -> tuple[float, float]:
+    """Seconds and CPU seconds for one sequencer run over ``count`` pending records."""
+    for lo in range(0, count, 2000):
+        pairs = range(lo // 2, min(lo + 2000, count) // 2)
+        add_pending(engine, [r for n in pairs for r in (make_record(n), make_outcome(n))])
+    sequencer = Sequencer(
+        engine,
+        signing_key=SigningKey.generate("bench.test/geopin"),
+        checkpoint_file=f"{tmp}/checkpoints",
+    )
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = sequencer.run_once(wait=True, force_checkpoint=True)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert result.sequenced == count // 2 * 2, result
+    return wall, cpu
+
+
+def bench_sequence(args) -> None:
+    """What the sequencer spends per record: a backlog of decision and outcome records
+    sequenced in one run (batches, Merkle nodes, indexed columns, a signed checkpoint)."""
+    targets = [("SQLite", None)] + ([("PostgreSQL", args.pg)] if args.pg else [])
+    print("| database | records | records/s | CPU µs per record (this process) |")
+    print("|---|---|---|---|")
+    for name, url in targets:
+        runs = []
+        for _ in range(args.runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                engine = _fresh(url, tmp)
+                runs.append(_sequence_once(engine, tmp, args.records))
+                engine.dispose()
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        n = args.records // 2 * 2
+        print(f"| {name} | {n:,} | {n / wall:,.0f} | {cpu / n * 1e6:.0f} |")
 
 
 def bench_latency(args) -> None:
@@ -352,6 +392,10 @@ def main() -> None:
     lat.add_argument("--cpu", type=int, help="pin to this core")
     lat.add_argument("--sync", choices=["NORMAL", "FULL"], default="NORMAL")
     lat.add_argument("--dir", help="directory for the temporary database")
+    sq = sub.add_parser("sequence")
+    sq.add_argument("--pg")
+    sq.add_argument("--records", type=int, default=20000)
+    sq.add_argument("--runs", type=int, default=3)
     q = sub.add_parser("query")
     q.add_argument("--rows", type=int, default=1_000_000)
     q.add_argument("--pg")
@@ -362,6 +406,7 @@ def main() -> None:
         "writer": bench_writer,
         "checkpoint": bench_checkpoint,
         "latency": bench_latency,
+        "sequence": bench_sequence,
         "query": bench_query,
     }
     benches[args.what](args)

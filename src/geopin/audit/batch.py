@@ -26,9 +26,8 @@ from geopin.errors import AuditError
 
 log = logging.getLogger("geopin.audit.sequencer")
 
-SQLITE_CHUNK = (
-    16  # records per SQLite write transaction: well under a millisecond of the write lock
-)
+# Records per SQLite write transaction: the audit writer waits for one at most.
+SQLITE_CHUNK = 16
 
 
 @dataclass
@@ -97,7 +96,8 @@ def plan(conn: Connection, limit: int) -> Batch:
 
 def apply(conn: Connection, batch: Batch) -> None:
     """Store the whole batch through SQLAlchemy, in the caller's transaction."""
-    record_rows, rule_rows, node_rows, gone = _chunk_rows(batch, batch.size, batch.new_size)
+    record_rows, rule_rows, node_rows = batch.record_rows, batch.rule_rows, batch.nodes
+    gone = batch.pending_ids + batch.duplicate_ids
     if record_rows:
         conn.execute(records.insert(), record_rows)
     if rule_rows:
@@ -112,15 +112,14 @@ def store_in_chunks(engine: Engine, gate: WriteGate, batch: Batch) -> None:
     """A few records per transaction, each a complete append, straight through the driver
     (SQLAlchemy's own work per statement would be most of the time the lock is held): the
     writer waits for one short transaction at most, never for the whole batch."""
-    starts = list(range(batch.size, batch.new_size, SQLITE_CHUNK)) or [batch.size]
     with engine.connect() as conn:
         driver = conn.connection.dbapi_connection
         assert driver is not None
         # Checkpointing the WAL inside a commit would hold the writer up as well; the end
         # of the run does it, and the writer's checkpointer.
         driver.execute("PRAGMA wal_autocheckpoint=0")
-        for lo in starts:
-            statements = _chunk_statements(batch, lo, min(lo + SQLITE_CHUNK, batch.new_size))
+        for lo, chunk in _chunks(batch, SQLITE_CHUNK):
+            statements = _chunk_statements(chunk)
             with gate.background():
                 driver.execute("BEGIN IMMEDIATE")
                 try:
@@ -147,9 +146,11 @@ _SQLITE_DELETE = "DELETE FROM audit_pending WHERE id = ?"
 _SQLITE_INSERTS = [(table, *_insert_sql(table)) for table in (records, record_rules, nodes)]
 
 
-def _chunk_statements(batch: Batch, lo: int, hi: int) -> list[tuple[str, list[tuple]]]:
-    """The driver statements storing leaves ``lo`` to ``hi - 1`` of ``batch``."""
-    rows = _chunk_rows(batch, lo, hi)
+_Rows = tuple[list, list, list, list[int]]  # record rows, rule rows, node rows, pending ids
+
+
+def _chunk_statements(rows: _Rows) -> list[tuple[str, list[tuple]]]:
+    """The driver statements storing one chunk's rows."""
     out: list[tuple[str, list[tuple]]] = []
     for (_, sql, names), part in zip(_SQLITE_INSERTS, rows[:3], strict=True):
         if part:
@@ -159,19 +160,31 @@ def _chunk_statements(batch: Batch, lo: int, hi: int) -> list[tuple[str, list[tu
     return out
 
 
-def _chunk_rows(batch: Batch, lo: int, hi: int) -> tuple[list, list, list, list[int]]:
-    """(record rows, rule rows, node rows, pending ids to remove) of leaves ``lo`` to
-    ``hi - 1``; the duplicates go with the first leaf."""
-    first, last = lo - batch.size, hi - batch.size
-    rule_rows = [row for row in batch.rule_rows if lo <= row["seq"] < hi]  # type: ignore[operator]
-    # A node of level L and index i is completed by leaf (i + 1) * 2**L - 1.
-    node_rows = [
-        n
-        for n in batch.nodes
-        if lo <= ((n["idx"] + 1) << n["level"]) - 1 < hi  # type: ignore[operator]
-    ]
-    gone = batch.pending_ids[first:last] + (batch.duplicate_ids if lo == batch.size else [])
-    return batch.record_rows[first:last], rule_rows, node_rows, gone
+def _chunks(batch: Batch, step: int) -> list[tuple[int, _Rows]]:
+    """``batch`` cut into runs of ``step`` leaves, each with its first leaf's sequence number
+    and its rows: its records, their rules, the Merkle nodes its leaves complete, and the
+    pending rows it removes (the duplicates go with the first run). One pass over each list."""
+    starts = list(range(batch.size, batch.new_size, step)) or [batch.size]
+    rules: list[list] = [[] for _ in starts]
+    completed: list[list] = [[] for _ in starts]
+
+    def run_of(leaf: int) -> int:
+        if not batch.size <= leaf < max(batch.new_size, batch.size + 1):
+            raise AuditError(f"batch {batch.size}..{batch.new_size} holds a row of leaf {leaf}")
+        return (leaf - batch.size) // step
+
+    for row in batch.rule_rows:
+        rules[run_of(row["seq"])].append(row)  # type: ignore[arg-type]
+    for node in batch.nodes:
+        # A node of level L and index i is completed by leaf (i + 1) * 2**L - 1.
+        leaf = ((node["idx"] + 1) << node["level"]) - 1  # type: ignore[operator]
+        completed[run_of(leaf)].append(node)
+    out = []
+    for i, lo in enumerate(starts):
+        first, last = lo - batch.size, min(lo + step, batch.new_size) - batch.size
+        gone = batch.pending_ids[first:last] + (batch.duplicate_ids if i == 0 else [])
+        out.append((lo, (batch.record_rows[first:last], rules[i], completed[i], gone)))
+    return out
 
 
 def id_time(record_id: str) -> float | None:

@@ -1,0 +1,77 @@
+"""Cutting a prepared sequencer batch into SQLite write transactions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geopin.audit import merkle
+from geopin.audit.batch import Batch, _chunks
+from geopin.errors import AuditError
+
+
+def _batch(size: int, count: int, duplicates: int) -> Batch:
+    """A batch of ``count`` leaves extending a tree of ``size``, two rules per record."""
+    frontier = merkle.Frontier.empty()
+    if size:
+        frontier = frontier.extended([merkle.leaf_hash(b"%d" % i) for i in range(size)])
+    leaves = [merkle.leaf_hash(b"%d" % (size + i)) for i in range(count)]
+    _, completed = merkle.append(frontier, leaves)
+    seqs = range(size, size + count)
+    return Batch(
+        size=size,
+        new_size=size + count,
+        pending_ids=[1000 + s for s in seqs],
+        duplicate_ids=[5000 + i for i in range(duplicates)],
+        record_rows=[{"seq": s} for s in seqs],
+        rule_rows=[{"seq": s, "rule_id": r} for s in seqs for r in ("a", "b")],
+        nodes=[{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed],
+    )
+
+
+@settings(max_examples=150)
+@given(
+    size=st.integers(0, 300),
+    count=st.integers(0, 200),
+    duplicates=st.integers(0, 3),
+    step=st.sampled_from([1, 3, 16, 64]),
+)
+def test_every_row_lands_once_in_the_chunk_of_the_leaf_that_completes_it(
+    size, count, duplicates, step
+):
+    batch = _batch(size, count, duplicates)
+    chunks = _chunks(batch, step)
+    assert [lo for lo, _ in chunks] == (list(range(size, size + count, step)) or [size])
+    seen = {"records": [], "rules": [], "nodes": [], "gone": []}
+    for lo, (records, rules, nodes, gone) in chunks:
+        hi = min(lo + step, size + count)
+        assert all(lo <= r["seq"] < hi for r in records + rules)
+        # Node (L, i) is completed by leaf (i + 1) * 2**L - 1: it is stored with that leaf.
+        assert all(lo <= ((n["idx"] + 1) << n["level"]) - 1 < hi for n in nodes)
+        seen["records"] += records
+        seen["rules"] += rules
+        seen["nodes"] += nodes
+        seen["gone"] += gone
+    assert seen["records"] == batch.record_rows
+    assert seen["rules"] == batch.rule_rows
+    assert sorted(seen["nodes"], key=lambda n: (n["level"], n["idx"])) == sorted(
+        batch.nodes, key=lambda n: (n["level"], n["idx"])
+    )
+    assert seen["gone"][: len(batch.duplicate_ids) + min(step, count)] == (
+        batch.pending_ids[: min(step, count)] + batch.duplicate_ids
+    )
+    assert sorted(seen["gone"]) == sorted(batch.pending_ids + batch.duplicate_ids)
+
+
+def test_a_batch_of_duplicates_only_is_one_chunk():
+    batch = _batch(10, 0, 2)
+    assert _chunks(batch, 16) == [(10, ([], [], [], [5000, 5001]))]
+
+
+@pytest.mark.parametrize("leaf", [99, 3])
+def test_a_row_outside_the_batch_is_an_error_not_misfiled(leaf):
+    batch = _batch(4, 4, 0)  # leaves 4..7
+    batch.nodes.append({"level": 0, "idx": leaf, "hash": b"x" * 32})
+    with pytest.raises(AuditError, match=f"holds a row of leaf {leaf}"):
+        _chunks(batch, 2)
