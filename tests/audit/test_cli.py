@@ -208,3 +208,53 @@ def test_prune_from_the_command_line(setup):
 def test_an_unreachable_database_is_a_clean_error():
     result = run(audit, "verify", "--db", "postgresql+psycopg://postgres@127.0.0.1:9/x", ok=False)
     assert result.exit_code == 1 and "Error: verifying the audit log" in result.output
+
+
+def test_sequence_follow_runs_as_a_service_until_sigterm(database_url, tmp_path):
+    """`geopin audit sequence --follow`: records written meanwhile are sequenced as they
+    come, SIGTERM ends it with a last pass and a checkpoint, and the log verifies."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run(db, "upgrade", "--db", database_url)
+    key = tmp_path / "audit.key"
+    run(audit, "keygen", "--name", "audit.test/geopin", "--out", key)
+    checkpoints = tmp_path / "checkpoints"
+    engine = create_audit_engine(database_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "geopin", "audit", "sequence", "--follow", "--interval", "0.05",
+         "--db", database_url, "--key", str(key), "--checkpoints", str(checkpoints)],
+        stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+
+        def sequenced() -> int:
+            with engine.connect() as conn:
+                return conn.scalar(sa.select(sa.func.count()).select_from(records)) or 0
+
+        for wave in range(3):
+            add_pending(engine, [make_record(wave * 10 + n) for n in range(10)])
+            deadline = time.monotonic() + 30
+            while sequenced() < (wave + 1) * 10:
+                assert service.poll() is None, service.stderr.read().decode()
+                assert time.monotonic() < deadline, "records were not sequenced"
+                time.sleep(0.05)
+        add_pending(engine, [make_record(100 + n) for n in range(5)])  # the last pass's
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0, service.stderr.read().decode()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        service.stderr.close()
+    assert sequenced() == 35
+    engine.dispose()
+    result = run(
+        audit, "verify", "--db", database_url, "--public-key", f"{key}.pub",
+        "--checkpoints", checkpoints,
+    )  # fmt: skip
+    assert "latest signed size 35" in result.output  # the last pass signed everything
+    assert "OK: every record, node and checkpoint verifies" in result.output

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from audit_factories import add_pending, make_outcome, make_record
@@ -35,6 +40,9 @@ def test_the_documented_commands_work(tmp_path, monkeypatch):
         if ">" in words:
             at = words.index(">")
             words, out_file = words[:at], words[at + 1]
+        if "--follow" in words:
+            _run_service(words, tmp_path)
+            continue
         group = {"audit": audit, "db": db}[words[1]]
         if words[1:3] == ["audit", "sequence"] and not seeded:
             engine = create_audit_engine("sqlite:///geopin-audit.db")
@@ -50,3 +58,25 @@ def test_the_documented_commands_work(tmp_path, monkeypatch):
         if words[1:3] == ["audit", "verify"]:
             assert "FAIL" not in result.stdout
     assert seeded
+
+
+def _run_service(words: list[str], cwd: Path) -> None:
+    """A command that runs until stopped: start it, see it work, stop it with SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "geopin", *words[1:]], cwd=cwd, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        assert service.stderr is not None
+        started = service.stderr.readline().decode()
+        assert "until SIGTERM" in started, started
+        time.sleep(0.3)
+        assert service.poll() is None
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0, service.stderr.read().decode()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        if service.stderr is not None:
+            service.stderr.close()

@@ -276,4 +276,4 @@ def test_reconfiguring_replaces_the_batching_handler_and_writes_what_it_held():
     _one(2)
     assert [line["decision_id"] for line in _lines(second)] == ["dec-2"]
     names = [h.get_name() for h in logging.getLogger("geopin.access").handlers]
-    assert names == ["geopin"]
+    assert names.count("geopin") == 1  # other code's handlers, if any, are left alone

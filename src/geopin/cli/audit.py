@@ -97,8 +97,37 @@ def _sequencer(url: str, key_path: str | None, checkpoint_path: str | None):
     show_default=True,
     help="Sign a checkpoint now if the log grew (needs --key).",
 )
-def sequence(url: str, key_path: str | None, checkpoint_path: str | None, force: bool) -> None:
-    """Sequence pending records into the log now, and sign a checkpoint."""
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep sequencing as records arrive, until SIGTERM or Ctrl-C (then a last pass).",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=0.25,
+    show_default=True,
+    help="With --follow: seconds between passes.",
+)
+def sequence(
+    url: str,
+    key_path: str | None,
+    checkpoint_path: str | None,
+    force: bool,
+    follow: bool,
+    interval: float,
+) -> None:
+    """Sequence pending records into the log now, and sign a checkpoint.
+
+    With --follow it runs as a service, the sequencer the routers would otherwise run in
+    their own processes (set audit.sequencer: false in them): checkpoints are signed every
+    checkpoint interval as in `geopin serve`, and a last one over everything on the way out.
+    """
+    if follow:
+        _guard(lambda: _follow(_sequencer(url, key_path, checkpoint_path), interval))
+        if key_path is None:
+            click.echo("no --key: no checkpoint signed", err=True)
+        return
 
     def run():
         return _sequencer(url, key_path, checkpoint_path).run_once(
@@ -113,6 +142,25 @@ def sequence(url: str, key_path: str | None, checkpoint_path: str | None, force:
         click.echo(f"signed checkpoint: size {result.checkpoint.size}")
     elif key_path is None:
         click.echo("no --key: no checkpoint signed", err=True)
+
+
+def _follow(sequencer: Any, interval: float) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo(f"sequencing every {interval}s until SIGTERM or Ctrl-C", err=True)
+        await sequencer.run(stop, poll_interval_s=interval)
+
+    asyncio.run(main())
+    click.echo("stopped: everything pending was sequenced", err=True)
 
 
 # ---- verification and proofs -------------------------------------------------------------
