@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 import threading
-import time
+from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import IO, Any
@@ -93,7 +93,12 @@ def access_log(
         "tenant": _short(tenant),
         "failovers": failovers,
     }
-    access_logger.info("request", extra={"geopin_access": fields})
+    # Straight to the handlers: Logger.info would also walk the stack for the caller's file
+    # and line, which the access line never shows.
+    record = access_logger.makeRecord(
+        ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra={"geopin_access": fields}
+    )
+    access_logger.handle(record)
 
 
 def _path(path: str) -> str:
@@ -149,19 +154,29 @@ class TextFormatter(logging.Formatter):
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes its lines in batches: when ``batch_bytes`` are waiting,
-    ``interval_s`` after the first of them (a timer thread), on :meth:`flush` and on close."""
+    ``interval_s`` after the first of them (a timer thread), on :meth:`flush` and on close.
+
+    A line is formatted by the caller and appended to a queue, without the handler lock that
+    ``logging`` takes around every emit: the request path never waits for the thread that
+    writes, nor wakes it more than once per batch."""
 
     def __init__(self, stream: IO[str], *, interval_s: float, batch_bytes: int) -> None:
         super().__init__(stream)
         self.interval_s = interval_s
         self.batch_bytes = batch_bytes
-        self._lines: list[str] = []
-        self._size = 0
-        self._wake = threading.Condition(self.lock)  # type: ignore[arg-type]
-        self._closing = False
-        self._counting = False  # the timer thread is counting down to a write
+        self._lines: deque[str] = deque()
+        self._size = 0  # approximate: only decides when the caller writes a full batch
+        self._waiting = threading.Event()  # set from the first line of a batch to its write
+        self._stop = threading.Event()
+        self._io = threading.Lock()  # one write at a time, in line order
         self._timer = threading.Thread(target=self._run, name="geopin-access-log", daemon=True)
         self._timer.start()
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -169,51 +184,42 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        # Handler.handle() holds self.lock here.
         self._lines.append(line)
         self._size += len(line) + 1
-        if self._size >= self.batch_bytes or self._closing:
+        if self._size >= self.batch_bytes or self._stop.is_set():
             self._write()
-        elif not self._counting:
-            self._counting = True
-            self._wake.notify()  # the timer counts from the first waiting line
+        elif not self._waiting.is_set():
+            self._waiting.set()  # the timer counts from the first waiting line
 
     def _write(self) -> None:
-        if not self._lines:
-            return
-        text = "\n".join(self._lines) + "\n"
-        self._lines.clear()
-        self._size = 0
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except Exception:  # a closed or full stream: the lines are lost, as a print's would be
-            pass
+        with self._io:
+            lines = self._lines
+            taken = [lines.popleft() for _ in range(len(lines))]
+            self._size = 0
+            if not taken:
+                return
+            try:
+                self.stream.write("\n".join(taken) + "\n")
+                self.stream.flush()
+            except Exception:  # a closed or full stream: the lines are lost, as a print's would be
+                pass
 
     def flush(self) -> None:
-        with self._wake:
-            self._write()
+        self._write()
 
     def _run(self) -> None:
-        with self._wake:
-            while not self._closing:
-                if not self._counting:
-                    self._wake.wait()
-                    continue
-                # Only close() interrupts the count: a line arriving meanwhile joins the batch.
-                deadline = time.monotonic() + self.interval_s
-                while not self._closing and (left := deadline - time.monotonic()) > 0:
-                    self._wake.wait(left)
-                self._counting = False
-                self._write()
+        while not self._stop.is_set():
+            self._waiting.wait()
+            self._stop.wait(self.interval_s)  # only close() cuts the count short
+            self._waiting.clear()
+            self._write()
 
     def close(self) -> None:
-        with self._wake:
-            self._closing = True
-            self._write()
-            self._wake.notify()
+        self._stop.set()
+        self._waiting.set()
         if self._timer is not threading.current_thread():
             self._timer.join(timeout=1.0)
+        self._write()
         super().close()
 
 
