@@ -111,5 +111,36 @@ def test_the_example_file_loads_and_names_every_section():
     settings = load_settings(ROOT / "geopin.example.yaml", {})
     assert settings.listen == "0.0.0.0:8080"
     text = (ROOT / "geopin.example.yaml").read_text()
-    for section in ("auth", "limits", "upstream", "probes", "reload", "audit"):
+    for section in ("auth", "limits", "upstream", "probes", "reload", "audit", "telemetry"):
         assert f"\n{section}:\n" in text
+
+
+def test_the_example_file_shows_every_setting():
+    """README says geopin.example.yaml shows every setting: each field of the model, at every
+    level, is a key in the file (and the file has no key the model lacks)."""
+    from pydantic import BaseModel
+    from ruamel.yaml import YAML
+
+    from geopin.settings import Settings
+
+    def paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+        out = set()
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                out |= paths(kind, f"{prefix}{name}.")
+            else:
+                out.add(prefix + name)
+        return out
+
+    def keys(mapping: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for name, value in mapping.items():
+            if isinstance(value, dict) and value and name not in ("endpoint_overrides",):
+                out |= keys(value, f"{prefix}{name}.")
+            else:
+                out.add(prefix + name)
+        return out
+
+    example = YAML(typ="safe").load((ROOT / "geopin.example.yaml").read_text())
+    assert keys(example) == paths(Settings)
