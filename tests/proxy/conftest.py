@@ -22,7 +22,7 @@ import uvloop
 from geopin.app import GeopinApp, build_app
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
-from geopin.audit.schema import pending
+from geopin.audit.schema import pending, records
 from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
 from geopin.settings import Settings
@@ -214,14 +214,25 @@ def mocks() -> Iterator[Callable[..., RunningServer]]:
 
 
 def audit_records(tmp: Path) -> list[dict[str, Any]]:
-    """Every record the router committed (pending sequencing), oldest first."""
+    """Every record the router committed: those already sequenced, in sequence order, then
+    those still pending (the router's own sequencer moves records between the two)."""
     engine = sa.create_engine(f"sqlite:///{tmp / 'audit.db'}")
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.select(pending.c.body).order_by(pending.c.id)).all()
+        with engine.connect() as conn, conn.begin():  # one snapshot of both tables
+            done = conn.execute(sa.select(records.c.body).order_by(records.c.seq)).all()
+            waiting = conn.execute(sa.select(pending.c.body).order_by(pending.c.id)).all()
     finally:
         engine.dispose()
-    return [json.loads(row[0]) for row in rows]
+    seen: set[str] = set()
+    out = []
+    for (body,) in [*done, *waiting]:
+        if body is None:  # pruned
+            continue
+        record = json.loads(body)
+        if record["id"] not in seen:  # a replayed copy may wait in pending meanwhile
+            seen.add(record["id"])
+            out.append(record)
+    return out
 
 
 def last_request(mock: RunningServer) -> dict[str, Any] | None:
