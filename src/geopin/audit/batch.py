@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
-from geopin.audit.db import WriteGate
+from geopin.audit.db import WriteGate, sqlite_write
 from geopin.audit.records import flat_columns, rule_ids
 from geopin.audit.schema import nodes, pending, record_rules, records
 from geopin.audit.store import chunks, load_frontier, tree_size
@@ -120,19 +120,12 @@ def store_in_chunks(engine: Engine, gate: WriteGate, batch: Batch) -> None:
         driver.execute("PRAGMA wal_autocheckpoint=0")
         for lo, chunk in _chunks(batch, SQLITE_CHUNK):
             statements = _chunk_statements(chunk)
-            with gate.background():
-                driver.execute("BEGIN IMMEDIATE")
-                try:
-                    (top,) = driver.execute(_SQLITE_TREE_TOP).fetchone()
-                    if (0 if top is None else top + 1) != lo:  # only without the lock file
-                        raise AuditError("another sequencer extended the log meanwhile")
-                    for sql, rows in statements:
-                        driver.executemany(sql, rows)
-                    driver.execute("COMMIT")
-                except BaseException:
-                    if driver.in_transaction:
-                        driver.execute("ROLLBACK")
-                    raise
+            with gate.background(), sqlite_write(driver):
+                (top,) = driver.execute(_SQLITE_TREE_TOP).fetchone()
+                if (0 if top is None else top + 1) != lo:  # only without the lock file
+                    raise AuditError("another sequencer extended the log meanwhile")
+                for sql, rows in statements:
+                    driver.executemany(sql, rows)
 
 
 def _insert_sql(table: sa.Table) -> tuple[str, list[str]]:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 import sqlalchemy as sa
@@ -128,6 +128,21 @@ class WriteGate:
 
 _GATES: dict[str, WriteGate] = {}
 _GATES_LOCK = threading.Lock()
+
+
+@contextmanager
+def sqlite_write(driver: Any) -> Iterator[None]:
+    """One write transaction straight on the SQLite driver: ``BEGIN IMMEDIATE`` (SQLite's
+    single write lock, taken at once), ``COMMIT`` when the block ends, ``ROLLBACK`` on any
+    failure (interruptions included)."""
+    driver.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        driver.execute("COMMIT")
+    except BaseException:
+        if driver.in_transaction:
+            driver.execute("ROLLBACK")
+        raise
 
 
 def sqlite_write_gate(engine: Engine) -> WriteGate | None:

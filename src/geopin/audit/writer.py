@@ -42,7 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from geopin.audit.db import sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.db import sqlite_write, sqlite_write_gate, translate_errors, write_connection
 from geopin.audit.lock import background_priority
 from geopin.audit.migrate import check_schema
 from geopin.audit.records import encode
@@ -306,15 +306,8 @@ class AuditWriter:
     def _insert_sqlite(self, rows: list[tuple[str, bytes]]) -> None:
         driver = self._sqlite_driver()
         assert self._gate is not None
-        with self._gate.foreground():
-            driver.execute("BEGIN IMMEDIATE")
-            try:
-                driver.executemany(_SQLITE_INSERT, rows)
-                driver.execute("COMMIT")
-            except BaseException:
-                if driver.in_transaction:
-                    driver.execute("ROLLBACK")
-                raise
+        with self._gate.foreground(), sqlite_write(driver):
+            driver.executemany(_SQLITE_INSERT, rows)
 
     def _sqlite_driver(self) -> Any:
         if self._driver is None:
