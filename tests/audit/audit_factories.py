@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from geopin.audit.records import decision_record, outcome_record
@@ -129,3 +135,21 @@ def append_and_sequence(engine, records, *, key=None, checkpoint_file=None, forc
     add_pending(engine, records)
     sequencer = Sequencer(engine, signing_key=key, checkpoint_file=checkpoint_file)
     return sequencer.run_once(force_checkpoint=force)
+
+
+@contextmanager
+def geopin_service(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """``python -m geopin ARGS`` as a service (stderr piped, no GEOPIN_* from the test's
+    environment); killed at the end if the test did not stop it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "geopin", *args], cwd=cwd, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        yield service
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        assert service.stderr is not None
+        service.stderr.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from audit_factories import add_pending, make_endpoint, make_record
+from audit_factories import add_pending, geopin_service, make_endpoint, make_record
 from click.testing import CliRunner
 
 from geopin.audit.db import create_audit_engine
@@ -214,8 +214,6 @@ def test_sequence_follow_runs_as_a_service_until_sigterm(database_url, tmp_path)
     """`geopin audit sequence --follow`: records written meanwhile are sequenced as they
     come, SIGTERM ends it with a last pass and a checkpoint, and the log verifies."""
     import signal
-    import subprocess
-    import sys
     import time
 
     run(db, "upgrade", "--db", database_url)
@@ -223,18 +221,14 @@ def test_sequence_follow_runs_as_a_service_until_sigterm(database_url, tmp_path)
     run(audit, "keygen", "--name", "audit.test/geopin", "--out", key)
     checkpoints = tmp_path / "checkpoints"
     engine = create_audit_engine(database_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
-    service = subprocess.Popen(
-        [sys.executable, "-m", "geopin", "audit", "sequence", "--follow", "--interval", "0.05",
-         "--db", database_url, "--key", str(key), "--checkpoints", str(checkpoints)],
-        stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    try:
+    args = ["audit", "sequence", "--follow", "--interval", "0.05", "--db", database_url,
+            "--key", str(key), "--checkpoints", str(checkpoints)]  # fmt: skip
 
-        def sequenced() -> int:
-            with engine.connect() as conn:
-                return conn.scalar(sa.select(sa.func.count()).select_from(records)) or 0
+    def sequenced() -> int:
+        with engine.connect() as conn:
+            return conn.scalar(sa.select(sa.func.count()).select_from(records)) or 0
 
+    with geopin_service(*args) as service:
         for wave in range(3):
             add_pending(engine, [make_record(wave * 10 + n) for n in range(10)])
             deadline = time.monotonic() + 30
@@ -245,11 +239,6 @@ def test_sequence_follow_runs_as_a_service_until_sigterm(database_url, tmp_path)
         add_pending(engine, [make_record(100 + n) for n in range(5)])  # the last pass's
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0, service.stderr.read().decode()
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-        service.stderr.close()
     assert sequenced() == 35
     engine.dispose()
     result = run(

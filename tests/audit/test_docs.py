@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from audit_factories import add_pending, make_outcome, make_record
+from audit_factories import add_pending, geopin_service, make_outcome, make_record
 from click.testing import CliRunner
 
 from geopin.audit.db import create_audit_engine
@@ -62,11 +59,7 @@ def test_the_documented_commands_work(tmp_path, monkeypatch):
 
 def _run_service(words: list[str], cwd: Path) -> None:
     """A command that runs until stopped: start it, see it work, stop it with SIGTERM."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
-    service = subprocess.Popen(
-        [sys.executable, "-m", "geopin", *words[1:]], cwd=cwd, env=env, stderr=subprocess.PIPE
-    )
-    try:
+    with geopin_service(*words[1:], cwd=cwd) as service:
         assert service.stderr is not None
         started = service.stderr.readline().decode()
         assert "until SIGTERM" in started, started
@@ -74,9 +67,3 @@ def _run_service(words: list[str], cwd: Path) -> None:
         assert service.poll() is None
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0, service.stderr.read().decode()
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-        if service.stderr is not None:
-            service.stderr.close()
