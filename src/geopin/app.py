@@ -17,6 +17,7 @@ from typing import Any
 from geopin.audit.checkpoint import SigningKey
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import check_schema
+from geopin.audit.records import DecisionEncoder
 from geopin.audit.sequencer import Sequencer
 from geopin.audit.writer import AuditWriter
 from geopin.errors import AuditUnavailable
@@ -105,7 +106,6 @@ class GeopinApp:
         await self.reloader.close()
         if self.prober is not None:
             await self.prober.close()
-        await self.runtime.drain()
         await self.runtime.client.aclose()
         audit = self.runtime.audit
         if isinstance(audit, AuditWriter):
@@ -182,7 +182,7 @@ def build_app(
             max_idle_per_origin=upstream.max_idle_connections,
         ),
         audit=audit,
-        client_key=client_key,
+        decisions=DecisionEncoder(client_key),
         admin_token=admin_token,
         telemetry=telemetry or Telemetry.from_settings(settings.telemetry),
     )

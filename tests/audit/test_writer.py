@@ -14,6 +14,7 @@ from audit_factories import make_record
 
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
+from geopin.audit.records import encode
 from geopin.audit.schema import pending
 from geopin.audit.spool import Spool
 from geopin.audit.writer import AuditWriter
@@ -119,6 +120,39 @@ def test_close_commits_what_is_lingering(engine):
 
     asyncio.run(main())
     assert len(_pending_ids(engine)) == 10
+
+
+def test_commit_and_submit_take_encoded_records(engine):
+    decision, outcome = make_record(1), make_record(2)
+
+    async def main():
+        writer = AuditWriter(engine, linger_s=30.0)
+        await writer.start()
+        writer.submit(outcome["id"], encode(outcome))  # nobody waits: it joins the next commit
+        assert writer.queue_depth == 1 and _pending_ids(engine) == []
+        await writer.commit(decision["id"], encode(decision))
+        seen = _pending_ids(engine)
+        stats = writer.stats()
+        await writer.close()
+        return seen, stats
+
+    seen, stats = asyncio.run(main())
+    assert sorted(seen) == sorted([decision["id"], outcome["id"]])
+    assert stats.transactions == 1 and stats.queue_depth == 0
+
+
+def test_a_submitted_record_that_cannot_be_kept_is_logged(caplog):
+    record = make_record(3)
+
+    async def main():
+        writer = AuditWriter(_unreachable_pg(), check=False, linger_s=0.01)
+        await writer.start()
+        writer.submit(record["id"], encode(record))
+        await writer.close()
+
+    with caplog.at_level("ERROR", logger="geopin.audit.writer"):
+        asyncio.run(main())
+    assert f"audit record {record['id']} not recorded" in caplog.text
 
 
 def test_more_lingering_than_a_batch_takes_several_commits(engine):

@@ -464,7 +464,10 @@ def router_4(tmp_path_factory, mocks):
 class _DownAudit:
     """The audit database at its edge: down, and no spool."""
 
-    async def record(self, record, *, linger=False):
+    async def commit(self, record_id, body):
+        raise AuditUnavailable("database is down")
+
+    def submit(self, record_id, body):
         raise AuditUnavailable("database is down")
 
 

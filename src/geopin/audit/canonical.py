@@ -35,7 +35,7 @@ import json.encoder
 import re
 from typing import Any
 
-__all__ = ["MAX_SAFE_INTEGER", "canonical_json"]
+__all__ = ["MAX_SAFE_INTEGER", "canonical_json", "canonical_text", "utf8"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -176,14 +176,22 @@ _fast = (
 
 def canonical_json(obj: object) -> bytes:
     """The canonical UTF-8 JSON encoding of ``obj`` (see the module docstring for the rules)."""
+    return utf8(canonical_text(obj))
+
+
+def canonical_text(obj: object) -> str:
+    """The canonical JSON of ``obj`` as text, before its UTF-8 encoding."""
     if _fast is not None and _plain(obj):
-        text = "".join(_fast(obj, 0))
-    else:
-        try:
-            text = _encode(obj)
-        except _Rejected as exc:
-            where = "$" + "".join(reversed(exc.path))
-            raise exc.error(f"{where}: {exc.message}") from None
+        return "".join(_fast(obj, 0))
+    try:
+        return _encode(obj)
+    except _Rejected as exc:
+        where = "$" + "".join(reversed(exc.path))
+        raise exc.error(f"{where}: {exc.message}") from None
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8; ValueError for a lone surrogate, which has no UTF-8 form."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from geopin.audit.canonical import canonical_json
+from geopin.audit.template import RecordTemplate
 from geopin.errors import AuditError, ConfigError
 from geopin.geo.location import Location
 from geopin.policy.decision import Decision, Endpoint
@@ -58,8 +59,7 @@ def new_record_id() -> str:
     and 62 random bits, so ids sort by creation time and never collide across hosts."""
     ms, sub_ns = divmod(_time.time_ns(), 1_000_000)
     sub = sub_ns * 4096 // 1_000_000  # the fraction of the millisecond, in 1/4096ths
-    value = (ms & _MS_MASK) << 80 | _ID_FIXED | sub << 64 | _random62()
-    h = f"{value:032x}"
+    h = ((ms & _MS_MASK) << 80 | _ID_FIXED | sub << 64 | _random62()).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -71,6 +71,25 @@ def format_time(moment: datetime) -> str:
         moment = moment.astimezone(UTC)
     # isoformat is several times faster than strftime and always writes four year digits.
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_clock: tuple[int, str] = (-1, "")  # (Unix second, its RFC 3339 text), replaced whole
+
+
+def now_text() -> str:
+    """Now as ``format_time`` writes it (UTC, microseconds), without building a datetime."""
+    global _clock
+    ns = _time.time_ns()
+    second, micros = ns // 1_000_000_000, ns // 1000 % 1_000_000
+    cached, text = _clock
+    if cached != second:
+        t = _time.gmtime(second)
+        text = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+        _clock = (second, text)
+    return f"{text}.{micros:06d}Z"
 
 
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
@@ -126,21 +145,27 @@ def decision_record(
     the client asked for, the decision's own ``data_class`` is the one it was decided for.
     """
     return {
+        **_decision_constants(decision, endpoint),
+        **_decision_facts(
+            location=location,
+            client=client_fields(client, client_key),
+            model=model,
+            decision_id=decision_id,
+            time=format_time(time),
+            tenant=tenant,
+            data_class=data_class,
+            trace_id=trace_id,
+            record_id=record_id or new_record_id(),
+        ),
+    }
+
+
+def _decision_constants(decision: Decision, endpoint: Endpoint | None) -> dict[str, Any]:
+    """The members of a decision record that the decision and its endpoint fix."""
+    return {
         "v": RECORD_VERSION,
         "kind": "decision",
-        "id": record_id or new_record_id(),
-        "decision_id": decision_id,
-        "time": format_time(time),
-        "trace_id": trace_id,
-        "tenant": tenant,
-        "model": model,
-        "data_class_requested": data_class,
         "data_class": decision.data_class,
-        **client_fields(client, client_key),
-        "country": location.country,
-        "subdivision": location.subdivision,
-        "location_source": str(location.source),
-        "location_database": location.database,
         "action": str(decision.action),
         "policy_version": decision.policy_version,
         "permitted": list(decision.permitted),
@@ -159,15 +184,130 @@ def decision_record(
     }
 
 
+def _decision_facts(
+    *,
+    location: Location,
+    client: Mapping[str, str | None],
+    model: str,
+    decision_id: str,
+    time: str,
+    tenant: str | None,
+    data_class: str | None,
+    trace_id: str | None,
+    record_id: str,
+) -> dict[str, Any]:
+    """The members of a decision record that differ from one request to the next."""
+    return {
+        "id": record_id,
+        "decision_id": decision_id,
+        "time": time,
+        "trace_id": trace_id,
+        "tenant": tenant,
+        "model": model,
+        "data_class_requested": data_class,
+        **client,
+        "country": location.country,
+        "subdivision": location.subdivision,
+        "location_source": str(location.source),
+        "location_database": location.database,
+    }
+
+
+_DECISION_FACTS = (
+    "id", "decision_id", "time", "trace_id", "tenant", "model", "data_class_requested",
+    "client_prefix", "client_hmac", "country", "subdivision", "location_source",
+    "location_database",
+)  # fmt: skip
+
+
+class DecisionEncoder:
+    """Decision records for the request path, encoded straight to their canonical bytes.
+
+    The same bytes as ``encode(decision_record(...))``; the members a (decision, endpoint)
+    pair fixes are encoded once into a :class:`RecordTemplate`, kept for the last
+    ``max_templates`` pairs (decisions are memoised and immutable, so a pair recurs).
+    """
+
+    def __init__(
+        self, client_key: bytes | None, *, max_templates: int = 4096, max_clients: int = 65536
+    ) -> None:
+        self.client_key = client_key
+        self._max = max_templates
+        self._max_clients = max_clients
+        # id() pairs; the entry keeps both objects alive, so an id is never reused meanwhile.
+        self._templates: dict[tuple[int, int], tuple[Decision, Endpoint | None, RecordTemplate]]
+        self._templates = {}
+        self._clients: dict[IPAddress | None, dict[str, str | None]] = {}
+
+    def _client(self, client: IPAddress | None) -> dict[str, str | None]:
+        """The client's prefix and HMAC, from a bounded cache (an HMAC costs microseconds)."""
+        fields = self._clients.get(client)
+        if fields is None:
+            if len(self._clients) >= self._max_clients:
+                self._clients.clear()
+            fields = self._clients[client] = client_fields(client, self.client_key)
+        return fields
+
+    def encode(
+        self,
+        decision: Decision,
+        *,
+        location: Location,
+        client: IPAddress | None,
+        model: str,
+        decision_id: str,
+        endpoint: Endpoint | None = None,
+        tenant: str | None = None,
+        data_class: str | None = None,
+        trace_id: str | None = None,
+    ) -> tuple[str, bytes]:
+        """(record id, canonical JSON) of the decision record, timed now."""
+        key = (id(decision), id(endpoint))
+        entry = self._templates.get(key)
+        if entry is None:
+            if len(self._templates) >= self._max:
+                self._templates.clear()
+            fixed = _decision_constants(decision, endpoint)
+            _check_flat(fixed)
+            entry = self._templates[key] = (
+                decision,
+                endpoint,
+                RecordTemplate(fixed, _DECISION_FACTS),
+            )
+        record_id = new_record_id()
+        facts = _decision_facts(
+            location=location,
+            client=self._client(client),
+            model=model,
+            decision_id=decision_id,
+            time=now_text(),
+            tenant=tenant,
+            data_class=data_class,
+            trace_id=trace_id,
+            record_id=record_id,
+        )
+        return record_id, _render(entry[2], facts)
+
+
 def outcome_record(
+    *, time: datetime, record_id: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """What happened to a routed request: the endpoint that actually served it (after any
+    failover), the endpoints tried in order, status, latency and the token usage reported.
+    ``fields`` are those of :func:`_outcome`."""
+    return _outcome(time=format_time(time), record_id=record_id or new_record_id(), **fields)
+
+
+def _outcome(
     *,
     decision_id: str,
-    time: datetime,
+    time: str,
     endpoint: Endpoint | None,
     attempts: Sequence[str],
     status: int | None,
     latency_us: int,
     model: str,
+    record_id: str,
     tenant: str | None = None,
     location: Location | None = None,
     policy_version: str | None = None,
@@ -176,16 +316,13 @@ def outcome_record(
     usage: Mapping[str, int] | None = None,
     error: str | None = None,
     trace_id: str | None = None,
-    record_id: str | None = None,
 ) -> dict[str, Any]:
-    """What happened to a routed request: the endpoint that actually served it (after any
-    failover), the endpoints tried in order, status, latency and the token usage reported."""
     return {
         "v": RECORD_VERSION,
         "kind": "outcome",
-        "id": record_id or new_record_id(),
+        "id": record_id,
         "decision_id": decision_id,
-        "time": format_time(time),
+        "time": time,
         "trace_id": trace_id,
         "tenant": tenant,
         "model": model,
@@ -204,6 +341,40 @@ def outcome_record(
         "usage": dict(sorted(usage.items())) if usage else None,
         "error": error,
     }
+
+
+_OUTCOME_FIXED = {"v": RECORD_VERSION, "kind": "outcome", "action": "route"}
+_OUTCOME_EXAMPLE = _outcome(
+    decision_id="", time="", endpoint=None, attempts=(), status=None, latency_us=0, model="",
+    record_id="",
+)  # fmt: skip
+_OUTCOME_TEMPLATE = RecordTemplate(
+    _OUTCOME_FIXED, [key for key in _OUTCOME_EXAMPLE if key not in _OUTCOME_FIXED]
+)
+
+
+def encode_outcome(**fields: Any) -> tuple[str, bytes]:
+    """(record id, canonical JSON) of an outcome record timed now, from a template: the same
+    bytes as ``encode(outcome_record(...))`` with the same ``fields``."""
+    record_id = new_record_id()
+    record = _outcome(time=now_text(), record_id=record_id, **fields)
+    return record_id, _render(_OUTCOME_TEMPLATE, record)
+
+
+def _check_flat(values: Mapping[str, Any]) -> None:
+    for key in FLAT_KEYS:
+        if key in values:
+            value = values[key]
+            if value is not None and type(value) is not str:
+                raise AuditError(f"audit record field {key!r} must be a string or null")
+
+
+def _render(template: RecordTemplate, values: Mapping[str, Any]) -> bytes:
+    _check_flat(values)
+    try:
+        return template.render(values)
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit record {values.get('id')}: {exc}") from exc
 
 
 def prune_record(

@@ -52,7 +52,7 @@ from geopin.errors import AuditError, AuditUnavailable
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[str, bytes, "asyncio.Future[None]"]
+_Item = tuple[str, bytes, "asyncio.Future[None] | None"]  # no future: nobody waits
 _STOP = object()
 _WAKE = object()  # commit what is lingering
 _SQLITE_INSERT = (
@@ -147,20 +147,43 @@ class AuditWriter:
         ``linger``: commit it with the next commit, or within ``linger_s``, rather than at once
         (for records no response waits on); it returns, as ever, once the record is committed.
         """
+        self._check_running()
+        body = encode(record)
+        future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        if linger:
+            self._linger((record["id"], body, future))
+        else:
+            self._accepted += 1
+            self._inbox.put((record["id"], body, future))
+        await future
+
+    async def commit(self, record_id: str, body: bytes) -> None:
+        """Commit an encoded record (``records.encode``'s bytes) durably, as ``record()`` does."""
+        self._check_running()
+        future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
+        self._accepted += 1
+        self._inbox.put((record_id, body, future))
+        await future
+
+    def submit(self, record_id: str, body: bytes) -> None:
+        """Queue an encoded record that nobody waits for (a request's outcome, written after
+        its response has gone): it joins the next commit, or one ``linger_s`` later at most.
+        If it cannot be kept, the failure is logged with the record's id."""
+        self._check_running()
+        self._linger((record_id, body, None))
+
+    def _check_running(self) -> None:
         if not self._running or self._loop is None or self._thread is None:
             raise AuditError("AuditWriter is not running (call start(), not after close())")
         if not self._thread.is_alive():
             raise AuditError("the audit writer's thread has stopped")
-        body = encode(record)
-        future: asyncio.Future[None] = self._loop.create_future()
+
+    def _linger(self, item: _Item) -> None:
         self._accepted += 1
-        if linger:
-            self._lingering.append((record["id"], body, future))
-            if self._linger_timer is None:
-                self._linger_timer = self._loop.call_later(self.linger_s, self._wake)
-        else:
-            self._inbox.put((record["id"], body, future))
-        await future
+        self._lingering.append(item)
+        if self._linger_timer is None:
+            assert self._loop is not None
+            self._linger_timer = self._loop.call_later(self.linger_s, self._wake)
 
     def _wake(self) -> None:
         self._linger_timer = None
@@ -383,7 +406,11 @@ class AuditWriter:
 
 
 def _settle(batch: list[_Item], error: BaseException | None) -> None:
-    for _, _, future in batch:
+    for record_id, _, future in batch:
+        if future is None:  # submitted: nobody waits, so the failure is told here
+            if error is not None:
+                log.error("audit record %s not recorded: %s", record_id, error)
+            continue
         if future.done():  # its caller was cancelled; the record is kept all the same
             continue
         if error is None:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from geopin.audit.records import decision_record, new_record_id
+from geopin.audit.records import new_record_id
 from geopin.errors import AuditError, GeoIPError
 from geopin.geo.client import client_address
 from geopin.geo.location import UNKNOWN, Location
@@ -220,15 +219,13 @@ class ProxyApp:
             attempts = order(decision, health, affinity_key(tenant, client.ip))
         span = trace.start_audit()
         try:
-            await runtime.audit.record(
-                decision_record(
+            await runtime.audit.commit(
+                *runtime.decisions.encode(
                     decision,
                     location=location,
                     client=client.ip,
-                    client_key=runtime.client_key,
                     model=call.model,
                     decision_id=decision_id,
-                    time=datetime.now(UTC),
                     endpoint=attempts[0] if attempts else None,
                     tenant=tenant,
                     data_class=data_class,

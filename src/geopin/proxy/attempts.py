@@ -23,7 +23,7 @@ from geopin.proxy.forward import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from geopin.proxy.outcome import observe_usage, spawn_outcome
+from geopin.proxy.outcome import observe_usage, record_outcome
 from geopin.proxy.refusal import COUNTRY_HEADER, DECISION_HEADER, ENDPOINT_HEADER, ErrorResponse
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.upstream import API_OF_KIND, ClientCall, build_request, forwardable_headers
@@ -132,9 +132,10 @@ async def forward(
         )
         tap, error = await _relay(response, endpoint, decision_id, receive, send, metrics, started)
         exchange.bytes_out = tap.bytes_out
+        usage = tap.usage()  # the upstream's token counts, for telemetry and the record
         observe_usage(
             exchange,
-            tap,
+            usage if error is None else None,
             metrics,
             operation=_operation_name(call.operation),
             provider=provider,
@@ -143,9 +144,10 @@ async def forward(
             duration_s=time.perf_counter() - sent,
             error=error,
         )
-        spawn_outcome(
+        record_outcome(
             runtime, exchange, call, decision, decision_id, started,
-            endpoint=endpoint, attempts=tried, status=response.status, tap=tap, error=error,
+            endpoint=endpoint, attempts=tried, status=response.status,
+            bytes_out=tap.bytes_out, usage=usage, error=error,
         )  # fmt: skip
         return None
     if tried and timeouts == len(tried):
@@ -155,9 +157,10 @@ async def forward(
     else:
         error_response = refusal.unavailable(decision_id, failure, retry_after)
     exchange.failovers = max(len(tried) - 1, 0)
-    spawn_outcome(
+    record_outcome(
         runtime, exchange, call, decision, decision_id, started,
-        endpoint=None, attempts=tried, status=error_response.status, tap=None, error=failure,
+        endpoint=None, attempts=tried, status=error_response.status,
+        bytes_out=None, usage=None, error=failure,
     )  # fmt: skip
     return error_response
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Mapping
 
-from geopin.audit.records import outcome_record
+from geopin.audit.records import encode_outcome
 from geopin.errors import AuditError
 from geopin.policy.decision import Decision, Endpoint
 from geopin.proxy.exchange import Exchange
 from geopin.proxy.state import Runtime
 from geopin.proxy.upstream import ClientCall
-from geopin.proxy.usage import UsageTap
 from geopin.telemetry.metrics import Metrics
 from geopin.telemetry.tracing import NO_TRACE
 
@@ -22,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def observe_usage(
     exchange: Exchange,
-    tap: UsageTap,
+    usage: Mapping[str, int] | None,
     metrics: Metrics,
     *,
     operation: str,
@@ -32,14 +30,9 @@ def observe_usage(
     duration_s: float,
     error: str | None,
 ) -> None:
-    """The GenAI attributes and metrics of a forwarded call, when anything will read them.
-
-    Reading the usage parses the body's tail, so it is skipped when neither traces nor
-    metrics are on (the outcome record parses it again, after the response, off this path).
-    """
+    """The GenAI attributes and metrics of a forwarded call, when anything will read them."""
     if not metrics.enabled and exchange.trace is NO_TRACE:
         return
-    usage = tap.usage() if error is None else None
     input_tokens = output_tokens = None
     if usage is not None:
         input_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
@@ -57,7 +50,7 @@ def observe_usage(
     )
 
 
-def spawn_outcome(
+def record_outcome(
     runtime: Runtime,
     exchange: Exchange,
     call: ClientCall,
@@ -68,50 +61,31 @@ def spawn_outcome(
     endpoint: Endpoint | None,
     attempts: list[str],
     status: int,
-    tap: UsageTap | None,
+    bytes_out: int | None,
+    usage: Mapping[str, int] | None,
     error: str | None,
 ) -> None:
-    """Record the outcome of a routed request once its response has gone.
-
-    The latency is taken now; the record (and the usage parse behind it) is written later,
-    off the request's path. ``endpoint`` is the one that answered, None when none did.
-    """
-    runtime.spawn(
-        _record_outcome(
-            runtime,
-            decision_id=decision_id,
-            endpoint=endpoint,
-            attempts=attempts,
-            status=status,
-            latency_us=int((time.perf_counter() - started) * 1e6),
-            model=call.model,
-            tenant=exchange.tenant,
-            location=exchange.location,
-            policy_version=decision.policy_version,
-            bytes_in=len(call.raw_body),
-            tap=tap,
-            error=error,
-            trace_id=exchange.trace_id,
-        ),
-        name=f"geopin-outcome:{decision_id}",
-    )
-
-
-async def _record_outcome(
-    runtime: Runtime,
-    *,
-    tap: UsageTap | None,
-    **fields: Any,
-) -> None:
+    """Queue the outcome record of a routed request once its response has gone: it joins the
+    next audit commit, nobody waits for it. ``endpoint`` is the one that answered, None when
+    none did."""
     try:
-        await runtime.audit.record(
-            outcome_record(
-                time=datetime.now(UTC),
-                bytes_out=tap.bytes_out if tap else None,
-                usage=tap.usage() if tap else None,
-                **fields,
-            ),
-            linger=True,  # the response has gone; this record joins the next commit
+        runtime.audit.submit(
+            *encode_outcome(
+                decision_id=decision_id,
+                endpoint=endpoint,
+                attempts=attempts,
+                status=status,
+                latency_us=int((time.perf_counter() - started) * 1e6),
+                model=call.model,
+                tenant=exchange.tenant,
+                location=exchange.location,
+                policy_version=decision.policy_version,
+                bytes_in=len(call.raw_body),
+                bytes_out=bytes_out,
+                usage=usage,
+                error=error,
+                trace_id=exchange.trace_id,
+            )
         )
     except AuditError as exc:
-        log.error("outcome of decision %s not recorded: %s", fields["decision_id"], exc)
+        log.error("outcome of decision %s not recorded: %s", decision_id, exc)

@@ -59,6 +59,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._fingerprint = watched_files(runtime.settings)
         self._task: asyncio.Task | None = None
+        self._hangups: set[asyncio.Task] = set()  # reloads started by SIGHUP, still running
         self._signal = False
 
     async def reload(self, reason: str) -> ReloadOutcome:
@@ -120,9 +121,14 @@ class Reloader:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await asyncio.gather(*self._hangups, return_exceptions=True)
 
     def _on_sighup(self) -> None:
-        self.runtime.spawn(self._quiet_reload("SIGHUP"), name="geopin-reload-sighup")
+        task = asyncio.get_running_loop().create_task(
+            self._quiet_reload("SIGHUP"), name="geopin-reload-sighup"
+        )
+        self._hangups.add(task)  # a reference until it ends
+        task.add_done_callback(self._hangups.discard)
 
     async def _quiet_reload(self, reason: str) -> None:
         await self.reload(reason)

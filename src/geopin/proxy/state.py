@@ -7,12 +7,12 @@ in the next state for new requests.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from geopin.audit.records import DecisionEncoder
 from geopin.errors import ConfigError, GeoIPError, GeopinError, PolicyError
 from geopin.geo.client import TrustConfig
 from geopin.geo.resolvers import Resolver, open_resolver
@@ -136,7 +136,15 @@ def watched_files(settings: Settings) -> tuple[tuple[str, int, int], ...]:
 
 
 class AuditSink(Protocol):
-    async def record(self, record: Mapping[str, Any], *, linger: bool = False) -> None: ...
+    """Where the proxy path's records go (``AuditWriter``; a test may stand in for it)."""
+
+    async def commit(self, record_id: str, body: bytes) -> None:
+        """Durably, before returning; AuditError when it cannot be kept."""
+        ...
+
+    def submit(self, record_id: str, body: bytes) -> None:
+        """With a later commit; nobody waits, failures are logged by the sink."""
+        ...
 
 
 @dataclass
@@ -148,23 +156,11 @@ class Runtime:
     health: HealthBoard
     client: UpstreamClient
     audit: AuditSink
-    client_key: bytes  # HMAC key for client addresses in audit records
+    decisions: DecisionEncoder  # decision records, with the client-address HMAC key
     admin_token: str | None
     telemetry: Telemetry = field(default_factory=Telemetry.from_settings)
-    background: set[asyncio.Task] = field(default_factory=set)
     # The health snapshot the last request was routed with, for the breaker gauge: the metrics
     # exporter's thread reads this immutable value and never calls the board itself.
     last_health: HealthSnapshot | None = None
     in_flight: int = 0  # proxied requests (streams included) not yet answered to the end
     draining: bool = False  # set on SIGTERM: new requests get 503, readiness goes false
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``coro`` after the response, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    async def drain(self) -> None:
-        """Wait for the background work (outcome records) still running."""
-        while self.background:
-            await asyncio.gather(*list(self.background), return_exceptions=True)
