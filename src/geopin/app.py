@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 from typing import Any
@@ -90,6 +91,11 @@ class GeopinApp:
         if self.prober is not None:
             await self.prober.start()
         await self.reloader.start()
+        # What is loaded by now (libraries, settings, the policy) lives as long as the process:
+        # out of the cyclic collector's sight, a full collection walks what requests leave,
+        # not the 120,000 objects of the imports (a 90-120 ms pause otherwise).
+        gc.collect()
+        gc.freeze()
         self.ready = True
         state = self.runtime.holder.current
         log.info(
@@ -114,6 +120,7 @@ class GeopinApp:
         self.runtime.holder.current.resolver.close()
         # Last: the final exports carry everything above (bounded by shutdown_timeout_s).
         await asyncio.to_thread(self.runtime.telemetry.shutdown)
+        gc.unfreeze()
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

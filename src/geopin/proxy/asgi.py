@@ -44,7 +44,7 @@ from geopin.proxy.request import (
 )
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.routing.select import order
-from geopin.telemetry.accesslog import access_log, access_logger, client_prefix
+from geopin.telemetry.accesslog import access_log, access_log_enabled, client_prefix
 from geopin.telemetry.tracing import NO_TRACE
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class ProxyApp:
             method=method,
             route=route,
         )
-        if access_logger.disabled:
+        if not access_log_enabled():
             return
         access_log(
             method=method,

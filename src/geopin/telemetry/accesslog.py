@@ -20,8 +20,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import threading
+import time
 from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -34,6 +36,7 @@ _MAX_FIELD = 128
 _OWN = ("geopin", "uvicorn", "uvicorn.error")
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
+_access: BatchingHandler | None = None  # where access lines go; None: the access log is off
 
 
 def client_prefix(ip: IPv4Address | IPv6Address | None) -> str | None:
@@ -74,7 +77,8 @@ def access_log(
 
     ``client_network`` is the output of :func:`client_prefix`, never an address.
     """
-    if not access_logger.isEnabledFor(logging.INFO):
+    handler = _access
+    if handler is None:
         return
     fields: dict[str, Any] = {
         "decision_id": _short(decision_id),
@@ -93,12 +97,18 @@ def access_log(
         "tenant": _short(tenant),
         "failovers": failovers,
     }
-    # Straight to the handlers: Logger.info would also walk the stack for the caller's file
-    # and line, which the access line never shows.
-    record = access_logger.makeRecord(
-        ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra={"geopin_access": fields}
-    )
-    access_logger.handle(record)
+    # Formatted here and handed to the handler as a line: no LogRecord, no handler lock, no
+    # caller lookup, which cost more than the line itself.
+    try:
+        line = handler.formatter.format_access(fields)  # type: ignore[union-attr]
+    except Exception:
+        logging.getLogger(__name__).exception("access line not written")
+        return
+    handler.add_line(line)
+
+
+def access_log_enabled() -> bool:
+    return _access is not None
 
 
 def _path(path: str) -> str:
@@ -126,11 +136,23 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "pid": record.process,  # which worker process, with several
         }
-        access = getattr(record, "geopin_access", None)
-        if isinstance(access, dict):
-            out.update((k, v) for k, v in access.items() if v is not None)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        return _LINE_ENCODER.encode(out)
+
+    def format_access(self, fields: dict[str, Any]) -> str:
+        """An access line: what ``format`` writes for a record of the access logger, and its
+        non-null fields."""
+        out: dict[str, Any] = {
+            "time": _now_iso(),
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "message": "request",
+            "pid": os.getpid(),
+        }
+        for key, value in fields.items():
+            if value is not None:
+                out[key] = value
         return _LINE_ENCODER.encode(out)
 
 
@@ -140,25 +162,27 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        access = getattr(record, "geopin_access", None)
-        if isinstance(access, dict):
-            line += " " + " ".join(
+    def format_access(self, fields: dict[str, Any]) -> str:
+        record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None)
+        return (
+            self.format(record)
+            + " "
+            + " ".join(
                 f"{k}={json.dumps(v) if isinstance(v, str) else v}"
-                for k, v in access.items()
+                for k, v in fields.items()
                 if v is not None
             )
-        return line
+        )
 
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes its lines in batches: when ``batch_bytes`` are waiting,
-    ``interval_s`` after the first of them (a timer thread), on :meth:`flush` and on close.
+    ``interval_s`` after the first of them (a timer thread), on :meth:`flush` and on close;
+    with ``interval_s`` 0, each line at once.
 
-    A line is formatted by the caller and appended to a queue, without the handler lock that
-    ``logging`` takes around every emit: the request path never waits for the thread that
-    writes, nor wakes it more than once per batch."""
+    A line is formatted by the caller and appended to a queue (:meth:`add_line`), without the
+    handler lock that ``logging`` takes around every emit: the request path never waits for
+    the thread that writes, nor wakes it more than once per batch."""
 
     def __init__(self, stream: IO[str], *, interval_s: float, batch_bytes: int) -> None:
         super().__init__(stream)
@@ -169,8 +193,10 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._waiting = threading.Event()  # set from the first line of a batch to its write
         self._stop = threading.Event()
         self._io = threading.Lock()  # one write at a time, in line order
-        self._timer = threading.Thread(target=self._run, name="geopin-access-log", daemon=True)
-        self._timer.start()
+        self._timer: threading.Thread | None = None
+        if interval_s > 0:
+            self._timer = threading.Thread(target=self._run, name="geopin-access-log", daemon=True)
+            self._timer.start()
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         if not self.filter(record):
@@ -184,9 +210,12 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.add_line(line)
+
+    def add_line(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line) + 1
-        if self._size >= self.batch_bytes or self._stop.is_set():
+        if self._timer is None or self._size >= self.batch_bytes or self._stop.is_set():
             self._write()
         elif not self._waiting.is_set():
             self._waiting.set()  # the timer counts from the first waiting line
@@ -217,7 +246,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def close(self) -> None:
         self._stop.set()
         self._waiting.set()
-        if self._timer is not threading.current_thread():
+        if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.join(timeout=1.0)
         self._write()
         super().close()
@@ -228,6 +257,21 @@ _BATCH_BYTES = 64 * 1024
 
 def _iso(created: float) -> str:
     return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+_clock: tuple[int, str] = (-1, "")  # (Unix second, its ISO text), replaced whole
+
+
+def _now_iso() -> str:
+    """``_iso(time.time())``, with the text of the second made once a second."""
+    global _clock
+    ms = time.time_ns() // 1_000_000
+    second = ms // 1000
+    cached, text = _clock
+    if cached != second:
+        text = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        _clock = (second, text)
+    return f"{text}.{ms % 1000:03d}+00:00"
 
 
 def configure_logging(
@@ -251,16 +295,13 @@ def configure_logging(
         raise ValueError(f"unknown log level {level!r}")
     target = stream if stream is not None else sys.stderr
     formatter = JsonFormatter() if json else TextFormatter()
+    global _access
     handler = logging.StreamHandler(target)
     handler.setFormatter(formatter)
     handler.set_name("geopin")
-    access_handler: logging.Handler = handler
-    if access_flush_s > 0:
-        access_handler = BatchingHandler(
-            target, interval_s=access_flush_s, batch_bytes=_BATCH_BYTES
-        )
-        access_handler.setFormatter(formatter)
-        access_handler.set_name("geopin")
+    access_handler = BatchingHandler(target, interval_s=access_flush_s, batch_bytes=_BATCH_BYTES)
+    access_handler.setFormatter(formatter)
+    access_handler.set_name("geopin")
     for name in (*_OWN, ACCESS_LOGGER):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if h.get_name() == "geopin"]:
@@ -283,6 +324,7 @@ def configure_logging(
     # The access log is INFO: it follows its own switch, not the level of the other logs.
     access_logger.setLevel(logging.INFO if access else logging.CRITICAL + 1)
     access_logger.disabled = not access
+    _access = access_handler if access else None
     return handler
 
 
