@@ -434,6 +434,34 @@ def test_commits_never_checkpoint_the_wal_the_checkpointer_does(tmp_path, interv
     engine.dispose()
 
 
+def test_the_wal_stops_growing_under_commits_that_never_pause(tmp_path):
+    """A steady stream of commits leaves a PASSIVE checkpoint never done (more is written while
+    it copies), and SQLite starts the WAL over only once it is: without the writer finishing
+    each round under the gate, the WAL grew for as long as the stream lasted."""
+    engine = create_audit_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    upgrade(engine)
+
+    async def main():
+        writer = AuditWriter(engine, wal_checkpoint_interval_s=0.05)
+        await writer.start()
+        loop = asyncio.get_running_loop()
+        sizes, n = [], 0
+        for _ in range(6):
+            deadline = loop.time() + 0.4
+            while loop.time() < deadline:  # no pause between commits
+                await asyncio.gather(*(writer.record(make_record(n + i)) for i in range(4)))
+                n += 4
+            sizes.append(_wal_bytes(engine))
+        await writer.close()
+        return sizes, n
+
+    sizes, written = asyncio.run(main())
+    assert written > 1000
+    # Reused from its start every round: the high-water mark of one round, not of the run.
+    assert max(sizes[3:]) <= 1.5 * max(sizes[:3]), sizes
+    engine.dispose()
+
+
 class _Interrupted(BaseException):
     pass
 

@@ -464,7 +464,7 @@ def router_4(tmp_path_factory, mocks):
 class _DownAudit:
     """The audit database at its edge: down, and no spool."""
 
-    async def commit(self, record_id, body):
+    async def commit(self, record_id, body, *, alone=False):
         raise AuditUnavailable("database is down")
 
     def submit(self, record_id, body):

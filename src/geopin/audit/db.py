@@ -117,6 +117,13 @@ class WriteGate:
         finally:
             self._lock.release()
 
+    def try_foreground(self) -> bool:
+        """Take the gate if it is free, without waiting (then ``release()`` it)."""
+        return self._lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._lock.release()
+
     @contextmanager
     def background(self) -> Iterator[None]:
         deadline = time.monotonic() + self._YIELD_S

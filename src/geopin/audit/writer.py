@@ -16,6 +16,10 @@ path) and a second thread checkpoints it every ``wal_checkpoint_interval_s`` ins
 which never blocks the writer. An in-process gate shared with the sequencer makes them queue
 on a mutex rather than on SQLite's busy handler, which sleeps in steps of up to 100 ms.
 
+A request that is alone in the router (``commit(..., alone=True)``) skips the hand-off: its
+record, with whatever lingers, is committed on the event loop when that cannot wait (SQLite,
+``synchronous=NORMAL``, nobody else writing; ``geopin.audit.inline``).
+
 A record nobody is waiting on before answering (a request's outcome, written after its
 response has gone) is passed with ``linger=True``: it wakes no commit of its own but joins the
 next one, or one made ``linger_s`` later at most. At concurrency 1 that halves the commits and
@@ -43,6 +47,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from geopin.audit.db import sqlite_write, sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.inline import LoopCommitter
 from geopin.audit.lock import background_priority
 from geopin.audit.migrate import check_schema
 from geopin.audit.records import encode
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 _Item = tuple[str, bytes, "asyncio.Future[None] | None"]  # no future: nobody waits
 _STOP = object()
 _WAKE = object()  # commit what is lingering
+_FINISH_CHECKPOINT = object()  # copy what the last WAL checkpoint left (see _checkpoint_wal)
+_WAL_RESTART_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 _SQLITE_INSERT = (
     "INSERT INTO audit_pending (record_id, body) VALUES (?, ?) ON CONFLICT (record_id) DO NOTHING"
 )
@@ -86,9 +93,12 @@ class AuditWriter:
         on_commit: Callable[[float], None] | None = None,
         wal_checkpoint_interval_s: float = 1.0,
         linger_s: float = 0.02,
+        commit_on_loop: bool = True,
     ) -> None:
-        """``on_commit`` is called in the writer's thread after each committed transaction
-        with its duration in seconds; what it raises is logged, never passed on."""
+        """``on_commit`` is called after each committed transaction with its duration in
+        seconds, in the thread that committed (the writer's, or the event loop's for a lone
+        request's commit); what it raises is logged, never passed on. ``commit_on_loop``:
+        allow that lone-request commit on the loop (``geopin.audit.inline``)."""
         self.engine = engine
         self.on_commit = on_commit
         self.spool = Spool(spool) if isinstance(spool, str | Path) else spool
@@ -99,6 +109,11 @@ class AuditWriter:
         self._check = check
         self._sqlite = engine.dialect.name == "sqlite"
         self._gate = sqlite_write_gate(engine)
+        self._on_loop = (
+            LoopCommitter(engine, self._gate, _SQLITE_INSERT, retry_s=retry_interval_s)
+            if self._gate is not None and commit_on_loop
+            else None
+        )
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lingering: deque[_Item] = deque()  # appended by the loop, taken by the writer
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -112,6 +127,7 @@ class AuditWriter:
         self._running = False
         self._accepted = 0  # written by the event loop's thread only
         self._finished = 0  # written by the writer's thread only
+        self._finished_on_loop = 0  # lingering records committed on the loop (its thread only)
         self._transactions = 0
         self._records = 0
         self._spooled = 0
@@ -157,9 +173,16 @@ class AuditWriter:
             self._inbox.put((record["id"], body, future))
         await future
 
-    async def commit(self, record_id: str, body: bytes) -> None:
-        """Commit an encoded record (``records.encode``'s bytes) durably, as ``record()`` does."""
+    async def commit(self, record_id: str, body: bytes, *, alone: bool = False) -> None:
+        """Commit an encoded record (``records.encode``'s bytes) durably, as ``record()`` does.
+
+        ``alone``: no other request is in flight, so the commit may run on the event loop
+        itself, with the lingering records, when that cannot wait (``geopin.audit.inline``).
+        """
         self._check_running()
+        if alone and self._on_loop is not None and not self._spool_backlog:
+            if self._commit_on_loop(record_id, body):
+                return
         future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
         self._accepted += 1
         self._inbox.put((record_id, body, future))
@@ -185,6 +208,20 @@ class AuditWriter:
             assert self._loop is not None
             self._linger_timer = self._loop.call_later(self.linger_s, self._wake)
 
+    def _commit_on_loop(self, record_id: str, body: bytes) -> bool:
+        assert self._on_loop is not None
+        lingering = self._lingering
+        taken = [lingering.popleft() for _ in range(min(len(lingering), self.max_batch))]
+        rows = [(record_id, body), *((rid, data) for rid, data, _ in taken)]
+        started = time.perf_counter()
+        if not self._on_loop.commit(rows):
+            lingering.extendleft(reversed(taken))  # back in front, in their order
+            return False
+        self._committed(len(rows), time.perf_counter() - started)
+        self._finished_on_loop += len(taken)
+        _settle(taken, None)
+        return True
+
     def _wake(self) -> None:
         self._linger_timer = None
         if self._lingering:
@@ -200,6 +237,8 @@ class AuditWriter:
             self._linger_timer = None
         self._inbox.put(_STOP)  # the last batch takes whatever is lingering too
         await asyncio.to_thread(self._thread.join)
+        if self._on_loop is not None:
+            self._on_loop.close()
         self._stopping.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
@@ -207,7 +246,7 @@ class AuditWriter:
     @property
     def queue_depth(self) -> int:
         """Records accepted by ``record()`` and not yet committed (safe from any thread)."""
-        return max(0, self._accepted - self._finished)
+        return max(0, self._accepted - self._finished - self._finished_on_loop)
 
     def stats(self) -> WriterStats:
         with self._stats_lock:
@@ -256,7 +295,9 @@ class AuditWriter:
             if item is _STOP:
                 stopped = True
                 break
-            if item is not _WAKE:
+            if item is _FINISH_CHECKPOINT:
+                self._finish_checkpoint()
+            elif item is not _WAKE:
                 batch.append(item)
             if len(batch) >= self.max_batch:
                 break
@@ -315,11 +356,13 @@ class AuditWriter:
         except AuditError:
             self._disconnect()  # a broken connection is not reused
             raise
-        elapsed = time.perf_counter() - started
+        self._committed(len(rows), time.perf_counter() - started)
+
+    def _committed(self, records: int, elapsed: float) -> None:
         with self._stats_lock:
             self._latencies.append(elapsed)
             self._transactions += 1
-            self._records += len(rows)
+            self._records += records
         if self.on_commit is not None:
             try:
                 self.on_commit(elapsed)
@@ -331,6 +374,17 @@ class AuditWriter:
         assert self._gate is not None
         with self._gate.foreground(), sqlite_write(driver):
             driver.executemany(_SQLITE_INSERT, rows)
+
+    def _finish_checkpoint(self) -> None:
+        """A PASSIVE checkpoint with no other writer of this process at work: it copies what
+        the checkpointer's round left, so the WAL is all copied and the next commit restarts
+        it (other processes' writers may still have written; the next round tries again)."""
+        assert self._gate is not None
+        try:
+            with self._gate.foreground():
+                self._sqlite_driver().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception as exc:
+            log.debug("audit WAL checkpoint failed: %s", exc)
 
     def _sqlite_driver(self) -> Any:
         if self._driver is None:
@@ -384,7 +438,13 @@ class AuditWriter:
     # ---- the WAL checkpointer's thread ----------------------------------------------------
 
     def _checkpoint_wal(self) -> None:
-        """PASSIVE checkpoints on a timer: the WAL stays small, and no commit pays for it."""
+        """PASSIVE checkpoints on a timer, so no commit pays for one. Under a steady stream of
+        commits a checkpoint never finds the WAL all copied (more was written meanwhile), and
+        SQLite starts the WAL over only when it is: it would grow without end. So once the WAL
+        holds ``_WAL_RESTART_FRAMES`` pages (SQLite's own threshold), the writer's thread copies,
+        under the write gate, the few written since the round (``_FINISH_CHECKPOINT``; with its
+        fsyncs, the only checkpoint work that may hold a commit up, a millisecond or two every
+        few seconds under load), and the next commit starts the WAL from its beginning."""
         background_priority()
         raw = None
         try:
@@ -394,7 +454,9 @@ class AuditWriter:
                         raw = self.engine.raw_connection()
                         raw.detach()
                     driver: Any = raw.dbapi_connection
-                    driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, frames, _ = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= _WAL_RESTART_FRAMES:
+                        self._inbox.put(_FINISH_CHECKPOINT)
                 except Exception as exc:  # the next round tries again; commits go on regardless
                     log.debug("audit WAL checkpoint failed: %s", exc)
                     if raw is not None:

@@ -219,19 +219,19 @@ class ProxyApp:
             attempts = order(decision, health, affinity_key(tenant, client.ip))
         span = trace.start_audit()
         try:
-            await runtime.audit.commit(
-                *runtime.decisions.encode(
-                    decision,
-                    location=location,
-                    client=client.ip,
-                    model=call.model,
-                    decision_id=decision_id,
-                    endpoint=attempts[0] if attempts else None,
-                    tenant=tenant,
-                    data_class=data_class,
-                    trace_id=trace_id,
-                )
+            record_id, body = runtime.decisions.encode(
+                decision,
+                location=location,
+                client=client.ip,
+                model=call.model,
+                decision_id=decision_id,
+                endpoint=attempts[0] if attempts else None,
+                tenant=tenant,
+                data_class=data_class,
+                trace_id=trace_id,
             )
+            # Alone: nobody else waits for the loop, so the commit may run on it.
+            await runtime.audit.commit(record_id, body, alone=runtime.in_flight == 1)
         except AuditError as exc:
             span.end(error="audit_unavailable")
             log.error("decision %s not recorded, request refused: %s", decision_id, exc)
