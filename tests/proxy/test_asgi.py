@@ -471,6 +471,32 @@ class _DownAudit:
         raise AuditUnavailable("database is down")
 
 
+class _BrokenAudit:
+    """A fault that is nobody's edge: a bug raising something geopin does not expect."""
+
+    async def commit(self, record_id, body, *, alone=False):
+        raise RuntimeError("a bug")
+
+    def submit(self, record_id, body):
+        raise RuntimeError("a bug")
+
+
+def test_a_fault_in_geopin_is_a_json_500_and_the_router_keeps_serving(tmp_path, mocks):
+    se = mocks("eu-se")
+    policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", se.url + "/v1", "SE")])
+    router = start_router(tmp_path, policy, audit=_BrokenAudit())
+    try:
+        for _ in range(2):
+            response = router.post(headers=router.headers(country="SE"))
+            assert response.status_code == 500
+            error = response.json()["error"]
+            assert error["code"] == "internal_error" and "a bug" not in error["message"]
+            assert "x-geopin-decision-id" in response.headers
+        assert last_request(se) is None
+    finally:
+        router.stop()
+
+
 def test_nothing_is_forwarded_unrecorded(tmp_path, mocks):
     se = mocks("eu-se")
     policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", se.url + "/v1", "SE")])

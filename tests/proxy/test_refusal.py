@@ -35,6 +35,7 @@ def test_every_builder_answers_in_the_one_shape():
         refusal.too_large(10),
         refusal.not_found("x"),
         refusal.method_not_allowed("GET", "POST"),
+        refusal.internal_error("d1"),
     ]
     for response in responses:
         error = json.loads(response.body)["error"]

@@ -92,6 +92,13 @@ class ProxyApp:
                 await refusal.send_error(send, error)
         except ClientGone:
             exchange.status = _CLIENT_CLOSED
+        except Exception:
+            log.exception("request %s %s failed", method, path)
+            exchange.status = 500
+            try:  # unless its answer had begun: then the server drops the connection
+                await refusal.send_error(send, refusal.internal_error(exchange.decision_id))
+            except Exception:
+                pass
         finally:
             runtime.in_flight -= 1
             self._finish(exchange, method, path, route, started)

@@ -162,6 +162,17 @@ def not_found(message: str, code: str = "not_found") -> ErrorResponse:
     return error_response(404, message, "invalid_request_error", code)
 
 
+def internal_error(decision_id: str | None) -> ErrorResponse:
+    """A fault in geopin itself; the log has the details, the client only this."""
+    return error_response(
+        500,
+        "geopin failed to handle the request; the router's log has the details",
+        "server_error",
+        "internal_error",
+        decision_id=decision_id,
+    )
+
+
 def method_not_allowed(method: str, allowed: str) -> ErrorResponse:
     return error_response(
         405,
