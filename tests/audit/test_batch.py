@@ -24,9 +24,9 @@ def _batch(size: int, count: int, duplicates: int) -> Batch:
         new_size=size + count,
         pending_ids=[1000 + s for s in seqs],
         duplicate_ids=[5000 + i for i in range(duplicates)],
-        record_rows=[{"seq": s} for s in seqs],
-        rule_rows=[{"seq": s, "rule_id": r} for s in seqs for r in ("a", "b")],
-        nodes=[{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed],
+        record_rows=[(s, f"id-{s}") for s in seqs],
+        rule_rows=[(s, r) for s in seqs for r in ("a", "b")],
+        nodes=list(completed),
     )
 
 
@@ -46,18 +46,16 @@ def test_every_row_lands_once_in_the_chunk_of_the_leaf_that_completes_it(
     seen = {"records": [], "rules": [], "nodes": [], "gone": []}
     for lo, (records, rules, nodes, gone) in chunks:
         hi = min(lo + step, size + count)
-        assert all(lo <= r["seq"] < hi for r in records + rules)
+        assert all(lo <= r[0] < hi for r in records + rules)  # (seq, ...)
         # Node (L, i) is completed by leaf (i + 1) * 2**L - 1: it is stored with that leaf.
-        assert all(lo <= ((n["idx"] + 1) << n["level"]) - 1 < hi for n in nodes)
+        assert all(lo <= ((idx + 1) << level) - 1 < hi for level, idx, _ in nodes)
         seen["records"] += records
         seen["rules"] += rules
         seen["nodes"] += nodes
         seen["gone"] += gone
     assert seen["records"] == batch.record_rows
     assert seen["rules"] == batch.rule_rows
-    assert sorted(seen["nodes"], key=lambda n: (n["level"], n["idx"])) == sorted(
-        batch.nodes, key=lambda n: (n["level"], n["idx"])
-    )
+    assert sorted(seen["nodes"]) == sorted(batch.nodes)
     assert seen["gone"][: len(batch.duplicate_ids) + min(step, count)] == (
         batch.pending_ids[: min(step, count)] + batch.duplicate_ids
     )
@@ -72,6 +70,6 @@ def test_a_batch_of_duplicates_only_is_one_chunk():
 @pytest.mark.parametrize("leaf", [99, 3])
 def test_a_row_outside_the_batch_is_an_error_not_misfiled(leaf):
     batch = _batch(4, 4, 0)  # leaves 4..7
-    batch.nodes.append({"level": 0, "idx": leaf, "hash": b"x" * 32})
+    batch.nodes.append((0, leaf, b"x" * 32))
     with pytest.raises(AuditError, match=f"holds a row of leaf {leaf}"):
         _chunks(batch, 2)

@@ -13,14 +13,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
 from geopin.audit.db import WriteGate, sqlite_write
-from geopin.audit.records import flat_columns, rule_ids
-from geopin.audit.schema import nodes, pending, record_rules, records
+from geopin.audit.records import flat_values, rule_ids
+from geopin.audit.schema import FLAT_FIELDS, nodes, pending, record_rules, records
 from geopin.audit.store import chunks, load_frontier, tree_size
 from geopin.errors import AuditError
 
@@ -30,9 +31,24 @@ log = logging.getLogger("geopin.audit.sequencer")
 SQLITE_CHUNK = 16
 
 
+# Rows are tuples in their table's column order: a dict per row, then a tuple per statement,
+# cost the sequencer more than the inserts themselves.
+_RECORD_COLUMNS = tuple(column.name for column in records.columns)
+if _RECORD_COLUMNS != ("seq", "record_id", *FLAT_FIELDS, "body"):
+    raise AssertionError(f"audit_records columns changed: {_RECORD_COLUMNS}")
+_RULE_COLUMNS = ("seq", "rule_id")
+_NODE_COLUMNS = ("level", "idx", "hash")
+if tuple(c.name for c in record_rules.columns) != _RULE_COLUMNS or (
+    tuple(c.name for c in nodes.columns) != _NODE_COLUMNS
+):
+    raise AssertionError("audit_record_rules or audit_nodes columns changed")
+
+
 @dataclass
 class Batch:
-    """One batch, prepared: the rows it adds and the pending rows it removes."""
+    """One batch, prepared: the rows it adds (tuples in column order: ``records`` rows
+    (seq, record_id, kind, ts, the flat keys, body), rules (seq, rule_id), nodes
+    (level, idx, hash)) and the pending rows it removes."""
 
     size: int  # the tree size it extends
     new_size: int
@@ -40,9 +56,9 @@ class Batch:
     duplicate_ids: list[int] = field(default_factory=list)  # pending copies of sequenced ones
     duplicates: int = 0
     oldest: float | None = None  # Unix time of its oldest record, if the id tells it
-    record_rows: list[dict[str, object]] = field(default_factory=list)
-    rule_rows: list[dict[str, object]] = field(default_factory=list)
-    nodes: list[dict[str, object]] = field(default_factory=list)
+    record_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rule_rows: list[tuple[int, str]] = field(default_factory=list)
+    nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
 
     def counts(self) -> tuple[int, int, int, float | None]:
         """(records sequenced, duplicates dropped, the new tree size, the oldest's time)."""
@@ -78,7 +94,7 @@ def plan(conn: Connection, limit: int) -> Batch:
     bodies = [bytes(row.body) for row in fresh]
     _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
     record_rows, rule_rows = batch.record_rows, batch.rule_rows
-    batch.nodes = [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in completed]
+    batch.nodes = list(completed)
     for offset, body in enumerate(bodies):
         if offset % 16 == 15:
             time.sleep(0)  # let the event loop's thread have the GIL: this is CPU work
@@ -87,10 +103,8 @@ def plan(conn: Connection, limit: int) -> Batch:
             record = json.loads(body)
         except ValueError as exc:  # the writer only enqueues canonical JSON
             raise AuditError(f"pending audit record is not JSON: {body[:80]!r}") from exc
-        record_rows.append(
-            {"seq": seq, "record_id": record["id"], "body": body, **flat_columns(record)}
-        )
-        rule_rows.extend({"seq": seq, "rule_id": rule} for rule in rule_ids(record))
+        record_rows.append((seq, record["id"], *flat_values(record), body))
+        rule_rows.extend((seq, rule) for rule in rule_ids(record))
     return batch
 
 
@@ -98,12 +112,13 @@ def apply(conn: Connection, batch: Batch) -> None:
     """Store the whole batch through SQLAlchemy, in the caller's transaction."""
     record_rows, rule_rows, node_rows = batch.record_rows, batch.rule_rows, batch.nodes
     gone = batch.pending_ids + batch.duplicate_ids
-    if record_rows:
-        conn.execute(records.insert(), record_rows)
-    if rule_rows:
-        conn.execute(record_rules.insert(), rule_rows)
-    if node_rows:
-        conn.execute(nodes.insert(), node_rows)
+    for table, names, rows in (
+        (records, _RECORD_COLUMNS, record_rows),
+        (record_rules, _RULE_COLUMNS, rule_rows),
+        (nodes, _NODE_COLUMNS, node_rows),
+    ):
+        if rows:
+            conn.execute(table.insert(), [dict(zip(names, row, strict=True)) for row in rows])
     for part in chunks(gone):
         conn.execute(pending.delete().where(pending.c.id.in_(part)))
 
@@ -128,15 +143,15 @@ def store_in_chunks(engine: Engine, gate: WriteGate, batch: Batch) -> None:
                     driver.executemany(sql, rows)
 
 
-def _insert_sql(table: sa.Table) -> tuple[str, list[str]]:
+def _insert_sql(table: sa.Table) -> str:
     names = [column.name for column in table.columns]
     marks = ", ".join("?" for _ in names)
-    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})", names
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"
 
 
 _SQLITE_TREE_TOP = "SELECT max(idx) FROM audit_nodes WHERE level = 0"
 _SQLITE_DELETE = "DELETE FROM audit_pending WHERE id = ?"
-_SQLITE_INSERTS = [(table, *_insert_sql(table)) for table in (records, record_rules, nodes)]
+_SQLITE_INSERTS = [_insert_sql(table) for table in (records, record_rules, nodes)]
 
 
 _Rows = tuple[list, list, list, list[int]]  # record rows, rule rows, node rows, pending ids
@@ -145,9 +160,9 @@ _Rows = tuple[list, list, list, list[int]]  # record rows, rule rows, node rows,
 def _chunk_statements(rows: _Rows) -> list[tuple[str, list[tuple]]]:
     """The driver statements storing one chunk's rows."""
     out: list[tuple[str, list[tuple]]] = []
-    for (_, sql, names), part in zip(_SQLITE_INSERTS, rows[:3], strict=True):
+    for sql, part in zip(_SQLITE_INSERTS, rows[:3], strict=True):
         if part:
-            out.append((sql, [tuple(row.get(name) for name in names) for row in part]))
+            out.append((sql, part))
     if rows[3]:
         out.append((_SQLITE_DELETE, [(pending_id,) for pending_id in rows[3]]))
     return out
@@ -167,11 +182,11 @@ def _chunks(batch: Batch, step: int) -> list[tuple[int, _Rows]]:
         return (leaf - batch.size) // step
 
     for row in batch.rule_rows:
-        rules[run_of(row["seq"])].append(row)  # type: ignore[arg-type]
+        rules[run_of(row[0])].append(row)
     for node in batch.nodes:
         # A node of level L and index i is completed by leaf (i + 1) * 2**L - 1.
-        leaf = ((node["idx"] + 1) << node["level"]) - 1  # type: ignore[operator]
-        completed[run_of(leaf)].append(node)
+        level, idx, _ = node
+        completed[run_of(((idx + 1) << level) - 1)].append(node)
     out = []
     for i, lo in enumerate(starts):
         first, last = lo - batch.size, min(lo + step, batch.new_size) - batch.size

@@ -435,6 +435,11 @@ def flat_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
+def flat_values(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``flat_columns(record)``'s values, in ``schema.FLAT_FIELDS`` order."""
+    return (record["kind"], record["time"], *[record.get(key) for key in FLAT_KEYS])
+
+
 def rule_ids(record: Mapping[str, Any]) -> list[str]:
     """The distinct rule ids of a record, sorted, as the rule join table holds them."""
     rules = record.get("rules") or []

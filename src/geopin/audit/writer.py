@@ -116,6 +116,7 @@ class AuditWriter:
         )
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lingering: deque[_Item] = deque()  # appended by the loop, taken by the writer
+        self._outbox: list[_Item] = []  # this turn of the loop's records, for the thread
         self._linger_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -169,8 +170,7 @@ class AuditWriter:
         if linger:
             self._linger((record["id"], body, future))
         else:
-            self._accepted += 1
-            self._inbox.put((record["id"], body, future))
+            self._send((record["id"], body, future))
         await future
 
     async def commit(self, record_id: str, body: bytes, *, alone: bool = False) -> None:
@@ -184,9 +184,22 @@ class AuditWriter:
             if self._commit_on_loop(record_id, body):
                 return
         future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
-        self._accepted += 1
-        self._inbox.put((record_id, body, future))
+        self._send((record_id, body, future))
         await future
+
+    def _send(self, item: _Item) -> None:
+        """To the writer's thread, with the others of this turn of the event loop: one
+        hand-off (and one wake-up of the thread) per turn, not per record."""
+        self._accepted += 1
+        self._outbox.append(item)
+        if len(self._outbox) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self._inbox.put(batch)
 
     def submit(self, record_id: str, body: bytes) -> None:
         """Queue an encoded record that nobody waits for (a request's outcome, written after
@@ -235,6 +248,7 @@ class AuditWriter:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+        self._flush()
         self._inbox.put(_STOP)  # the last batch takes whatever is lingering too
         await asyncio.to_thread(self._thread.join)
         if self._on_loop is not None:
@@ -297,6 +311,8 @@ class AuditWriter:
                 break
             if item is _FINISH_CHECKPOINT:
                 self._finish_checkpoint()
+            elif type(item) is list:  # one turn's records (see _send)
+                batch.extend(item)
             elif item is not _WAKE:
                 batch.append(item)
             if len(batch) >= self.max_batch:
