@@ -161,6 +161,7 @@ class Target:
     body_extra: dict = field(default_factory=dict)
     path: str = "/v1/chat/completions"
     headers: dict | None = None  # None: Authorization: Bearer CLIENT_KEY
+    audit_db: Path | None = None  # geopin's: measured only once its sequencer has caught up
 
 
 def free_port() -> int:
@@ -249,6 +250,23 @@ def request_bytes(target: Target, stream: bool) -> bytes:
 
 
 # ---- measuring -------------------------------------------------------------------------
+
+
+def wait_sequenced(targets: list[Target], timeout: float = 120.0) -> float:
+    """Wait until every geopin's sequencer has taken every pending record (the backlog of the
+    cells before), so a cell measures requests, not a router (this one or another on the same
+    core) catching up after the last one; returns how long that took."""
+    import sqlite3
+
+    started = time.monotonic()
+    for target in targets:
+        while target.audit_db is not None and time.monotonic() - started < timeout:
+            with sqlite3.connect(f"file:{target.audit_db}?mode=ro", uri=True) as db:
+                (waiting,) = db.execute("SELECT count(*) FROM audit_pending").fetchone()
+            if not waiting:
+                break
+            time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def measure(target: Target, stream: bool, concurrency: int, args, mock_pid: int) -> dict:
@@ -367,6 +385,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also measure geopin serve (audit to SQLite) and AuditWriter.record() alone",
     )
+    parser.add_argument(
+        "--geopin-baseline",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="also measure the geopin in SRC (another checkout's src/, e.g. a git worktree of "
+        "an older commit), set up like --geopin, side by side in the same run",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (cap)")
@@ -429,6 +456,9 @@ def _targets(args, upstream: str, cores: tuple[int, int], run_dir: Path) -> list
         targets.append(Target(args.target_name, url, process, headers=headers))
     if args.geopin:
         targets.append(_geopin_target(upstream, core, run_dir / "geopin"))
+    for source in args.geopin_baseline:
+        name = f"geopin@{source.parent.name}"  # the checkout the src directory belongs to
+        targets.append(_geopin_target(upstream, core, run_dir / name, name=name, source=source))
     return targets
 
 
@@ -439,7 +469,9 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _geopin_target(upstream: str, core: int, directory: Path) -> Target:
+def _geopin_target(
+    upstream: str, core: int, directory: Path, *, name: str = "geopin", source: Path | None = None
+) -> Target:
     """geopin serve with a one-endpoint policy on the mock, a router key, nothing trusted (the
     loopback client's location is unknown, which the policy routes to the endpoint's country)
     and the audit log, sequencer and checkpoints as in production, in a SQLite file."""
@@ -491,6 +523,8 @@ def _geopin_target(upstream: str, core: int, directory: Path) -> Target:
     config = directory / "geopin.yaml"
     config.write_text(json.dumps(settings, indent=1))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+    if source is not None:  # another checkout's geopin, with this one's dependencies
+        env["PYTHONPATH"] = str(source.resolve())
     command = [sys.executable, "-m", "geopin", "serve", "--config", str(config)]
     process = subprocess.Popen(
         command,
@@ -501,7 +535,9 @@ def _geopin_target(upstream: str, core: int, directory: Path) -> Target:
         preexec_fn=lambda: os.sched_setaffinity(0, {core}),
     )
     headers = {"Authorization": f"Bearer {router_key}"}
-    return Target("geopin", f"http://127.0.0.1:{port}", process, headers=headers)
+    target = Target(name, f"http://127.0.0.1:{port}", process, headers=headers)
+    target.audit_db = directory / "audit.db"
+    return target
 
 
 def audit_share(core: int, run_dir: Path) -> str:
@@ -566,7 +602,9 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in args.concurrency:
                 for target in targets:
                     for mode in ("json", "stream"):
+                        catching_up = wait_sequenced(targets)
                         summary = measure(target, mode == "stream", concurrency, args, mock.pid)
+                        summary["sequencer_catch_up_s"] = round(catching_up, 2)
                         raw.setdefault(f"{target.name}|{mode}|{concurrency}", []).append(summary)
                         print(
                             f"rep {rep + 1} c={concurrency} {target.name} {mode}: "

@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import os
 import re
+import struct
 import time as _time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -45,13 +46,13 @@ if hasattr(os, "register_at_fork"):
 
 def _random62() -> int:
     try:
-        return _random_pool.popleft()
+        return _random_pool.popleft() & _RAND_MASK
     except IndexError:
-        block = os.urandom(8 * _RANDOM_BLOCK)
-        _random_pool.extend(
-            int.from_bytes(block[i : i + 8], "big") & _RAND_MASK for i in range(8, len(block), 8)
-        )
-        return int.from_bytes(block[:8], "big") & _RAND_MASK
+        _random_pool.extend(_UNPACK_BLOCK(os.urandom(8 * _RANDOM_BLOCK)))
+        return _random_pool.popleft() & _RAND_MASK
+
+
+_UNPACK_BLOCK = struct.Struct(f"<{_RANDOM_BLOCK}Q").unpack  # one call for the whole block
 
 
 def new_record_id() -> str:
