@@ -33,6 +33,7 @@ from geopin.audit.checkpoint import SigningKey  # noqa: E402
 from geopin.audit.db import create_audit_engine  # noqa: E402
 from geopin.audit.migrate import upgrade  # noqa: E402
 from geopin.audit.query import Filters, query_records, stats  # noqa: E402
+from geopin.audit.records import encode  # noqa: E402
 from geopin.audit.schema import checkpoints  # noqa: E402
 from geopin.audit.sequencer import Sequencer  # noqa: E402
 from geopin.audit.writer import AuditWriter  # noqa: E402
@@ -177,12 +178,14 @@ def bench_checkpoint(args) -> None:
         print(f"| {name} | {statistics.median(got) * 1e3:.0f} ms | {p90 * 1e3:.0f} ms | |")
 
 
-# ---- record() latency as the router sees it -------------------------------------------
+# ---- a decision's commit as the router makes it -------------------------------------------
 
 
 async def _router_like(engine, tmp: str, count: int) -> list[float]:
-    """``record()`` of each decision timed, its outcome recorded in the background (as the
-    router does), the sequencer running and signing checkpoints with the router's defaults."""
+    """The commit of each decision record timed, as the router makes it for a request that is
+    alone (``commit(..., alone=True)``: on the event loop when nothing else writes), its
+    outcome queued after it (``submit``), the sequencer running and signing checkpoints with
+    the router's defaults."""
     sequencer = Sequencer(
         engine,
         signing_key=SigningKey.generate("bench.test/geopin"),
@@ -192,18 +195,16 @@ async def _router_like(engine, tmp: str, count: int) -> list[float]:
     task = asyncio.create_task(sequencer.run(stop))
     writer = AuditWriter(engine)
     await writer.start()
-    outcomes: set[asyncio.Task[None]] = set()
     samples = []
     for n in range(count):
         record = make_record(n)  # a fresh UUIDv7 id each time
+        body = encode(record)
         started = time.perf_counter()
-        await writer.record(record)
+        await writer.commit(record["id"], body, alone=True)  # the only request in flight
         samples.append(time.perf_counter() - started)
-        outcome = asyncio.create_task(writer.record(make_outcome(n), linger=True))
-        outcomes.add(outcome)
-        outcome.add_done_callback(outcomes.discard)
+        outcome = make_outcome(n)
+        writer.submit(outcome["id"], encode(outcome))  # after the response: nobody waits
         await asyncio.sleep(0.0003)  # the rest of a proxied request
-    await asyncio.gather(*outcomes)
     await writer.close()
     stop.set()
     await task
@@ -265,7 +266,7 @@ def bench_latency(args) -> None:
     where = "PostgreSQL" if args.pg else f"SQLite {args.sync}"
     core = f"core {args.cpu}" if args.cpu is not None else "any core"
     print(
-        f"AuditWriter.record() at concurrency 1 ({where}, sequencer running, {core}, "
+        f"A decision record's commit at concurrency 1 ({where}, sequencer running, {core}, "
         f"{len(samples)} decisions each followed by its outcome): p50 {pct(0.5)} ms, "
         f"p90 {pct(0.9)} ms, p99 {pct(0.99)} ms, p99.9 {pct(0.999)} ms, "
         f"max {samples[-1] * 1e3:.3f} ms"

@@ -14,7 +14,8 @@ is the median over batches.
 ``--proxy`` starts the mock upstream (core 0, with the load generator) and ``geopin serve``
 (core 1) once per telemetry setting, off, Prometheus, and OTLP to a collector address where
 nothing listens, and measures chat requests at concurrency 1 and 32 with ``bench/loadgen.py``
-(interleaved repetitions, medians). ``--before-src`` adds a run of another source tree (e.g. a
+(interleaved repetitions, medians; each measurement starts once every router has sequenced
+what the ones before left pending). ``--before-src`` adds a run of another source tree (e.g. a
 checkout from before telemetry was wired in) with the same settings as "off".
 """
 
@@ -295,9 +296,11 @@ def proxy_main(args) -> int:
             )
             routers[name] = (process, f"http://127.0.0.1:{port}")
             _wait(routers[name][1] + "/_geopin/healthz", process, log)
+        databases = [work / f"r{i}.db" for i in range(len(routers))]
         for _ in range(args.reps):
             for name, (_, url) in routers.items():
                 for concurrency in CONCURRENCY:
+                    _wait_sequenced(databases)
                     results.setdefault((name, concurrency), []).append(
                         _loadgen(url, key, concurrency, args.duration, cores[0])
                     )
@@ -318,6 +321,21 @@ def proxy_main(args) -> int:
             f"{med['rps']:.0f} | {errors} |"
         )
     return 0
+
+
+def _wait_sequenced(databases: list[Path], timeout: float = 120.0) -> None:
+    """Until every router has sequenced what the cells before left pending: a router that
+    catches up on its backlog would otherwise share the core with the one being measured."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    for database in databases:
+        while time.monotonic() < deadline:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                (waiting,) = db.execute("SELECT count(*) FROM audit_pending").fetchone()
+            if not waiting:
+                break
+            time.sleep(0.2)
 
 
 def _loadgen(url: str, key: str, concurrency: int, duration: float, core: int) -> dict:
