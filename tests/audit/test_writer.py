@@ -462,6 +462,71 @@ def test_the_wal_stops_growing_under_commits_that_never_pause(tmp_path):
     engine.dispose()
 
 
+_OTHER_ROUTER = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    db, seconds = sys.argv[1], float(sys.argv[2])
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # as the router's writer: never checkpoints
+    body, n = b"x" * 900, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO audit_pending (record_id, body) VALUES (?, ?)", (f"o{n}", body))
+        conn.execute("COMMIT")
+        n += 1
+        time.sleep(0.0005)
+    print(n)
+    """
+)
+
+
+@pytest.mark.parametrize("force", [True, False], ids=["forced", "passive-only"])
+def test_another_process_writing_all_the_time_cannot_make_the_wal_grow_without_end(
+    tmp_path, monkeypatch, force
+):
+    """Another router on the same file commits between every two rounds of this one's
+    checkpointer, so a PASSIVE checkpoint never finds the WAL all copied and it never starts
+    over: with ``--workers 2`` the WAL grew by 80 MB every 10 s. Past ``_WAL_LIMIT_FRAMES`` a
+    TRUNCATE checkpoint, which waits for the other process, empties it."""
+    from geopin.audit import writer as writer_module
+
+    forced_at = 600  # pages: about 2.4 MB
+    monkeypatch.setattr(writer_module, "_WAL_LIMIT_FRAMES", forced_at if force else 10**9)
+    database = tmp_path / "wal.db"
+    engine = create_audit_engine(f"sqlite:///{database}")
+    upgrade(engine)
+
+    async def main():
+        writer = AuditWriter(engine, wal_checkpoint_interval_s=0.05)
+        await writer.start()
+        other = subprocess.Popen(
+            [sys.executable, "-c", _OTHER_ROUTER, str(database), "4"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        sizes = []
+        while other.poll() is None:
+            await asyncio.sleep(0.2)
+            sizes.append(_wal_bytes(engine))
+        written = int(other.communicate()[0])
+        await writer.close()
+        return sizes, written
+
+    sizes, written = asyncio.run(main())
+    assert written > 2000
+    page = 4096
+    if force:  # emptied whenever it reached the threshold: never far past it
+        assert max(sizes) < 4 * forced_at * page, sizes
+        assert min(sizes[len(sizes) // 2 :]) < forced_at * page, sizes
+    else:  # the PASSIVE rounds alone: it only grows
+        assert sizes == sorted(sizes) and sizes[-1] > 4 * forced_at * page, sizes
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(pending)) == written
+    engine.dispose()
+
+
 class _Interrupted(BaseException):
     pass
 

@@ -59,6 +59,8 @@ class Batch:
     record_rows: list[tuple[Any, ...]] = field(default_factory=list)
     rule_rows: list[tuple[int, str]] = field(default_factory=list)
     nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # read, not yet built (see ``build``)
+    frontier: Any = None
 
     def counts(self) -> tuple[int, int, int, float | None]:
         """(records sequenced, duplicates dropped, the new tree size, the oldest's time)."""
@@ -67,6 +69,13 @@ class Batch:
 
 def plan(conn: Connection, limit: int) -> Batch:
     """The next batch of pending records, with every row and node it adds to the log."""
+    return build(read(conn, limit))
+
+
+def read(conn: Connection, limit: int) -> Batch:
+    """What the next batch is made of, read in the caller's transaction: its pending records
+    and the tree they extend. ``build`` then makes its rows, with no transaction needed (on
+    SQLite a read transaction held meanwhile would keep the WAL from being copied past it)."""
     rows = conn.execute(
         sa.select(pending.c.id, pending.c.record_id, pending.c.body)
         .order_by(pending.c.id)
@@ -90,11 +99,21 @@ def plan(conn: Connection, limit: int) -> Batch:
     batch.oldest = id_time(rows[0].record_id)
     if seen:
         log.info("audit sequencer: %d pending records were already sequenced", len(seen))
-    frontier = load_frontier(conn, size)
-    bodies = [bytes(row.body) for row in fresh]
+    batch.bodies = [bytes(row.body) for row in fresh]
+    batch.frontier = load_frontier(conn, size)
+    return batch
+
+
+def build(batch: Batch) -> Batch:
+    """``batch`` as ``read`` left it, with its record and rule rows and Merkle nodes made."""
+    bodies, frontier = batch.bodies, batch.frontier
+    batch.bodies, batch.frontier = [], None
+    if not bodies:
+        return batch
     _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
     record_rows, rule_rows = batch.record_rows, batch.rule_rows
     batch.nodes = list(completed)
+    size = batch.size
     for offset, body in enumerate(bodies):
         if offset % 16 == 15:
             time.sleep(0)  # let the event loop's thread have the GIL: this is CPU work

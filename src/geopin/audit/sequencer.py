@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
-from geopin.audit.batch import Batch, apply, id_time, plan, store_in_chunks
+from geopin.audit.batch import Batch, apply, build, id_time, plan, read, store_in_chunks
 from geopin.audit.checkpoint import Checkpoint, SigningKey
 from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
@@ -268,11 +268,13 @@ class Sequencer:
             return batch, self._maybe_checkpoint(conn, batch.new_size, force and final)
 
     def _sqlite_batch(self, force: bool) -> tuple[Batch, tuple[Checkpoint, str] | None]:
-        """SQLite, with the lock file held: everything but the writes happens in a read
-        transaction, which never blocks the audit writer; SQLite's single write lock is taken
-        only to store the prepared rows (and sign, when a checkpoint is due)."""
+        """SQLite, with the lock file held: the reads happen in one read transaction, which
+        never blocks the audit writer, and the rows are made after it ends (a reader that
+        stays, at the lowest priority on a busy core, keeps the WAL from being copied past
+        it); SQLite's single write lock is taken only to store the rows (and sign, when a
+        checkpoint is due)."""
         with self.engine.connect() as conn, conn.begin():
-            batch = plan(conn, self.batch_size)
+            batch = read(conn, self.batch_size)
             previous = latest_checkpoint(conn) if self.signing_key is not None else None
             final = sum(batch.counts()[:2]) < self.batch_size
             due = self.signing_key is not None and self._checkpoint_due(
@@ -288,6 +290,7 @@ class Sequencer:
                     )
                 stored_root = load_frontier(conn, batch.size).root()
                 self._check_extends(conn, previous.note, batch.size, stored_root)
+        build(batch)  # the CPU work, with the read transaction ended
         if batch.pending_ids or batch.duplicate_ids:
             self._on_storer(store_in_chunks, self.engine, self._gate, batch)
         if not due:

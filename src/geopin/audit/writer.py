@@ -61,7 +61,10 @@ _Item = tuple[str, bytes, "asyncio.Future[None] | None"]  # no future: nobody wa
 _STOP = object()
 _WAKE = object()  # commit what is lingering
 _FINISH_CHECKPOINT = object()  # copy what the last WAL checkpoint left (see _checkpoint_wal)
+_EMPTY_WAL = object()  # the same, waiting for other processes, and empty the WAL
 _WAL_RESTART_FRAMES = 1000  # SQLite's default wal_autocheckpoint
+_WAL_LIMIT_FRAMES = 8192  # 32 MiB of 4 KiB pages: other processes keep the WAL from restarting
+_EMPTY_WAIT_MS = 200  # how long emptying the WAL waits for other processes' transactions
 _SQLITE_INSERT = (
     "INSERT INTO audit_pending (record_id, body) VALUES (?, ?) ON CONFLICT (record_id) DO NOTHING"
 )
@@ -121,6 +124,7 @@ class AuditWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
+        self._wal_stuck = False  # the last attempt to empty the WAL was kept waiting
         self._stopping = threading.Event()
         self._conn: sa.Connection | None = None  # PostgreSQL
         self._raw: Any = None  # SQLite: the pool's connection, detached; and its driver's
@@ -311,6 +315,8 @@ class AuditWriter:
                 break
             if item is _FINISH_CHECKPOINT:
                 self._finish_checkpoint()
+            elif item is _EMPTY_WAL:
+                self._empty_wal()
             elif type(item) is list:  # one turn's records (see _send)
                 batch.extend(item)
             elif item is not _WAKE:
@@ -402,6 +408,33 @@ class AuditWriter:
         except Exception as exc:
             log.debug("audit WAL checkpoint failed: %s", exc)
 
+    def _empty_wal(self) -> None:
+        """Other processes' writers have kept the WAL from starting over for
+        ``_WAL_LIMIT_FRAMES`` pages (several routers on one SQLite file, always writing; it
+        grew by 80 MB every 10 s with two workers): a TRUNCATE checkpoint, which holds their
+        commits back while it copies what is left (and for at most ``_EMPTY_WAIT_MS`` while it
+        waits for their transactions to end), then empties the file."""
+        assert self._gate is not None
+        try:
+            with self._gate.foreground():
+                driver = self._sqlite_driver()
+                (waits,) = driver.execute("PRAGMA busy_timeout").fetchone()
+                driver.execute(f"PRAGMA busy_timeout={_EMPTY_WAIT_MS}")
+                try:
+                    (busy, _, _) = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    driver.execute(f"PRAGMA busy_timeout={int(waits)}")
+        except Exception as exc:
+            log.debug("audit WAL truncation failed: %s", exc)
+            return
+        if busy and not self._wal_stuck:
+            log.warning(
+                "the audit WAL could not be emptied: another process kept a transaction open "
+                "for more than %d ms; trying again every round",
+                _EMPTY_WAIT_MS,
+            )
+        self._wal_stuck = bool(busy)
+
     def _sqlite_driver(self) -> Any:
         if self._driver is None:
             raw = self.engine.raw_connection()
@@ -471,7 +504,9 @@ class AuditWriter:
                         raw.detach()
                     driver: Any = raw.dbapi_connection
                     _, frames, _ = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if frames >= _WAL_RESTART_FRAMES:
+                    if frames >= _WAL_LIMIT_FRAMES:
+                        self._inbox.put(_EMPTY_WAL)
+                    elif frames >= _WAL_RESTART_FRAMES:
                         self._inbox.put(_FINISH_CHECKPOINT)
                 except Exception as exc:  # the next round tries again; commits go on regardless
                     log.debug("audit WAL checkpoint failed: %s", exc)
