@@ -59,8 +59,6 @@ class Batch:
     record_rows: list[tuple[Any, ...]] = field(default_factory=list)
     rule_rows: list[tuple[int, str]] = field(default_factory=list)
     nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)  # read, not yet built (see ``build``)
-    frontier: Any = None
 
     def counts(self) -> tuple[int, int, int, float | None]:
         """(records sequenced, duplicates dropped, the new tree size, the oldest's time)."""
@@ -69,13 +67,14 @@ class Batch:
 
 def plan(conn: Connection, limit: int) -> Batch:
     """The next batch of pending records, with every row and node it adds to the log."""
-    return build(read(conn, limit))
+    return build(*read(conn, limit))
 
 
-def read(conn: Connection, limit: int) -> Batch:
-    """What the next batch is made of, read in the caller's transaction: its pending records
-    and the tree they extend. ``build`` then makes its rows, with no transaction needed (on
-    SQLite a read transaction held meanwhile would keep the WAL from being copied past it)."""
+def read(conn: Connection, limit: int) -> tuple[Batch, list[bytes], merkle.Frontier | None]:
+    """What the next batch is made of, read in the caller's transaction: the batch without its
+    rows, the bodies of its fresh records and the frontier of the tree they extend (None when
+    there are none). ``build`` then makes its rows, with no transaction needed (on SQLite a
+    read transaction held meanwhile would keep the WAL from being copied past it)."""
     rows = conn.execute(
         sa.select(pending.c.id, pending.c.record_id, pending.c.body)
         .order_by(pending.c.id)
@@ -84,7 +83,7 @@ def read(conn: Connection, limit: int) -> Batch:
     size = tree_size(conn)
     batch = Batch(size=size, new_size=size)
     if not rows:
-        return batch
+        return batch, [], None
     ids = [row.record_id for row in rows]
     seen: set[str] = set()
     for part in chunks(ids):
@@ -99,16 +98,12 @@ def read(conn: Connection, limit: int) -> Batch:
     batch.oldest = id_time(rows[0].record_id)
     if seen:
         log.info("audit sequencer: %d pending records were already sequenced", len(seen))
-    batch.bodies = [bytes(row.body) for row in fresh]
-    batch.frontier = load_frontier(conn, size)
-    return batch
+    return batch, [bytes(row.body) for row in fresh], load_frontier(conn, size)
 
 
-def build(batch: Batch) -> Batch:
+def build(batch: Batch, bodies: list[bytes], frontier: merkle.Frontier | None) -> Batch:
     """``batch`` as ``read`` left it, with its record and rule rows and Merkle nodes made."""
-    bodies, frontier = batch.bodies, batch.frontier
-    batch.bodies, batch.frontier = [], None
-    if not bodies:
+    if not bodies or frontier is None:
         return batch
     _, completed = merkle.append(frontier, [merkle.leaf_hash(b) for b in bodies])
     record_rows, rule_rows = batch.record_rows, batch.rule_rows

@@ -274,7 +274,7 @@ class Sequencer:
         it); SQLite's single write lock is taken only to store the rows (and sign, when a
         checkpoint is due)."""
         with self.engine.connect() as conn, conn.begin():
-            batch = read(conn, self.batch_size)
+            batch, bodies, frontier = read(conn, self.batch_size)
             previous = latest_checkpoint(conn) if self.signing_key is not None else None
             final = sum(batch.counts()[:2]) < self.batch_size
             due = self.signing_key is not None and self._checkpoint_due(
@@ -290,7 +290,7 @@ class Sequencer:
                     )
                 stored_root = load_frontier(conn, batch.size).root()
                 self._check_extends(conn, previous.note, batch.size, stored_root)
-        build(batch)  # the CPU work, with the read transaction ended
+        build(batch, bodies, frontier)  # the CPU work, with the read transaction ended
         if batch.pending_ids or batch.duplicate_ids:
             self._on_storer(store_in_chunks, self.engine, self._gate, batch)
         if not due:

@@ -313,10 +313,8 @@ class AuditWriter:
             if item is _STOP:
                 stopped = True
                 break
-            if item is _FINISH_CHECKPOINT:
-                self._finish_checkpoint()
-            elif item is _EMPTY_WAL:
-                self._empty_wal()
+            if item is _FINISH_CHECKPOINT or item is _EMPTY_WAL:
+                self._finish_checkpoint(empty=item is _EMPTY_WAL)
             elif type(item) is list:  # one turn's records (see _send)
                 batch.extend(item)
             elif item is not _WAKE:
@@ -397,27 +395,23 @@ class AuditWriter:
         with self._gate.foreground(), sqlite_write(driver):
             driver.executemany(_SQLITE_INSERT, rows)
 
-    def _finish_checkpoint(self) -> None:
+    def _finish_checkpoint(self, *, empty: bool = False) -> None:
         """A PASSIVE checkpoint with no other writer of this process at work: it copies what
         the checkpointer's round left, so the WAL is all copied and the next commit restarts
-        it (other processes' writers may still have written; the next round tries again)."""
-        assert self._gate is not None
-        try:
-            with self._gate.foreground():
-                self._sqlite_driver().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except Exception as exc:
-            log.debug("audit WAL checkpoint failed: %s", exc)
+        it (other processes' writers may still have written; the next round tries again).
 
-    def _empty_wal(self) -> None:
-        """Other processes' writers have kept the WAL from starting over for
+        ``empty``: other processes' writers have kept the WAL from starting over for
         ``_WAL_LIMIT_FRAMES`` pages (several routers on one SQLite file, always writing; it
-        grew by 80 MB every 10 s with two workers): a TRUNCATE checkpoint, which holds their
-        commits back while it copies what is left (and for at most ``_EMPTY_WAIT_MS`` while it
-        waits for their transactions to end), then empties the file."""
+        grew by 80 MB every 10 s with two workers): a TRUNCATE checkpoint instead, which holds
+        their commits back while it copies what is left (and for at most ``_EMPTY_WAIT_MS``
+        while it waits for their transactions to end), then empties the file."""
         assert self._gate is not None
         try:
             with self._gate.foreground():
                 driver = self._sqlite_driver()
+                if not empty:
+                    driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    return
                 (waits,) = driver.execute("PRAGMA busy_timeout").fetchone()
                 driver.execute(f"PRAGMA busy_timeout={_EMPTY_WAIT_MS}")
                 try:
@@ -425,7 +419,7 @@ class AuditWriter:
                 finally:
                     driver.execute(f"PRAGMA busy_timeout={int(waits)}")
         except Exception as exc:
-            log.debug("audit WAL truncation failed: %s", exc)
+            log.debug("audit WAL checkpoint failed: %s", exc)
             return
         if busy and not self._wal_stuck:
             log.warning(
