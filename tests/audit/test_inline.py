@@ -66,6 +66,24 @@ def test_a_lone_commit_runs_on_the_loop_and_takes_the_lingering_records(sqlite_e
     assert threads == ["MainThread"]  # one commit, on the loop's thread: no hand-off
 
 
+def test_lone_requests_one_after_another_never_wake_the_writers_thread(sqlite_engine):
+    """Each request's outcome lingers until the next decision's commit takes it along; the
+    linger timer armed for the first outcome must not wake the writer's thread later for an
+    outcome that the next commit will take anyway (its commit would hold the write gate)."""
+
+    async def body(writer):
+        for n in range(6):  # decision, then its outcome, well within linger_s of each other
+            await writer.commit(*_encoded(2 * n), alone=True)
+            writer.submit(*_encoded(2 * n + 1))
+            await asyncio.sleep(0.1)
+        await writer.commit(*_encoded(100), alone=True)  # takes the last outcome along
+        return _pending(sqlite_engine), writer.queue_depth
+
+    (seen, depth), threads = _run(sqlite_engine, body, linger_s=0.5)
+    assert len(seen) == 13 and depth == 0
+    assert threads == ["MainThread"] * 7  # every commit on the loop, none by the thread
+
+
 def test_not_alone_the_writers_thread_commits(sqlite_engine):
     async def body(writer):
         await writer.commit(*_encoded(1))

@@ -237,6 +237,12 @@ class AuditWriter:
         self._committed(len(rows), time.perf_counter() - started)
         self._finished_on_loop += len(taken)
         _settle(taken, None)
+        if not lingering and self._linger_timer is not None:
+            # Its records are in. Left to run, it would wake the writer's thread for whatever
+            # lingers then, which the next request's commit takes along anyway: a thread
+            # wake-up and a transaction every linger_s for nothing, at concurrency 1.
+            self._linger_timer.cancel()
+            self._linger_timer = None
         return True
 
     def _wake(self) -> None:
