@@ -10,6 +10,7 @@ as contention with the thing measuring it. Loopback only.
     python bench/proxy_bench.py --target-name other --target-url http://127.0.0.1:9000 \
         --header 'Authorization: Bearer sk-...'
     python bench/proxy_bench.py --geopin --plain-hop --litellm
+    python bench/proxy_bench.py --geopin --geopin-variant no-sequencer:audit.sequencer=false
 
 ``--geopin`` starts ``geopin serve`` as it would run in production: a one-endpoint policy
 pointing at the mock, a router key, no trusted proxies or CDNs, the audit log in a SQLite file
@@ -32,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
@@ -394,6 +396,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="also measure the geopin in SRC (another checkout's src/, e.g. a git worktree of "
         "an older commit), set up like --geopin, side by side in the same run",
     )
+    parser.add_argument(
+        "--geopin-variant",
+        type=_variant,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also measure this geopin with settings changed, e.g. "
+        "'no-sequencer:audit.sequencer=false' (values are YAML), side by side in the same run",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (cap)")
@@ -456,6 +467,8 @@ def _targets(args, upstream: str, cores: tuple[int, int], run_dir: Path) -> list
         targets.append(Target(args.target_name, url, process, headers=headers))
     if args.geopin:
         targets.append(_geopin_target(upstream, core, run_dir / "geopin"))
+    for name, changes in args.geopin_variant:
+        targets.append(_geopin_target(upstream, core, run_dir / name, name=name, changes=changes))
     for source in args.geopin_baseline:
         name = f"geopin@{source.parent.name}"  # the checkout the src directory belongs to
         targets.append(_geopin_target(upstream, core, run_dir / name, name=name, source=source))
@@ -469,12 +482,35 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def _variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:KEY=VALUE,...`` of --geopin-variant: a target name and settings by dotted key."""
+    import yaml
+
+    name, sep, rest = text.partition(":")
+    changes: dict[str, Any] = {}
+    for item in rest.split(",") if rest else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE")
+        changes[key.strip()] = yaml.safe_load(value)
+    if not sep or not name.strip() or not changes:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    return name.strip(), changes
+
+
 def _geopin_target(
-    upstream: str, core: int, directory: Path, *, name: str = "geopin", source: Path | None = None
+    upstream: str,
+    core: int,
+    directory: Path,
+    *,
+    name: str = "geopin",
+    source: Path | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> Target:
     """geopin serve with a one-endpoint policy on the mock, a router key, nothing trusted (the
     loopback client's location is unknown, which the policy routes to the endpoint's country)
-    and the audit log, sequencer and checkpoints as in production, in a SQLite file."""
+    and the audit log, sequencer and checkpoints as in production, in a SQLite file; then
+    ``changes`` (dotted setting keys) applied to its settings."""
     from geopin.audit.checkpoint import SigningKey
     from geopin.audit.db import create_audit_engine
     from geopin.audit.migrate import upgrade
@@ -520,6 +556,12 @@ def _geopin_target(
             "checkpoint_file": str(directory / "checkpoints"),
         },
     }
+    for key, value in (changes or {}).items():
+        *parents, leaf = key.split(".")
+        section = settings
+        for part in parents:
+            section = section.setdefault(part, {})
+        section[leaf] = value
     config = directory / "geopin.yaml"
     config.write_text(json.dumps(settings, indent=1))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
@@ -536,7 +578,8 @@ def _geopin_target(
     )
     headers = {"Authorization": f"Bearer {router_key}"}
     target = Target(name, f"http://127.0.0.1:{port}", process, headers=headers)
-    target.audit_db = directory / "audit.db"
+    if settings["audit"].get("sequencer", True):  # else nobody sequences: nothing to wait for
+        target.audit_db = directory / "audit.db"
     return target
 
 
