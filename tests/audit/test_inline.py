@@ -1,4 +1,4 @@
-"""geopin.audit.inline: a lone request's record committed on the event loop, never waiting."""
+"""geopin.audit.inline: a lone request's record committed on the event loop, waiting briefly."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from audit_factories import make_record
 
+from geopin.audit import writer as writer_module
 from geopin.audit.db import create_audit_engine, sqlite_write_gate
 from geopin.audit.migrate import upgrade
 from geopin.audit.records import encode
@@ -93,23 +94,51 @@ def test_not_alone_the_writers_thread_commits(sqlite_engine):
     assert len(seen) == 1 and threads == ["geopin-audit"]
 
 
-def test_a_taken_gate_sends_the_commit_to_the_writers_thread(sqlite_engine):
+def test_a_gate_taken_past_the_wait_sends_the_commit_to_the_writers_thread(sqlite_engine):
     gate = sqlite_write_gate(sqlite_engine)
     record = _encoded(1)
 
     async def body(writer):
-        with gate.background():  # the sequencer is writing
+        with gate.background():  # the sequencer is writing, for longer than the loop waits
             loop = asyncio.get_running_loop()
             started = loop.time()
             task = asyncio.create_task(writer.commit(*record, alone=True))
             await asyncio.sleep(0.2)
             assert not task.done()  # waiting for the gate, in the writer's thread
-            assert loop.time() - started < 1.0  # the loop itself never waited
+            assert loop.time() - started < 1.0  # the loop itself waited _GATE_WAIT_S at most
         await asyncio.wait_for(task, 5)
         return _pending(sqlite_engine)
 
     seen, threads = _run(sqlite_engine, body)
     assert seen == [record[0]] and threads == ["geopin-audit"]
+
+
+def test_a_lone_commit_waits_on_the_loop_for_the_sequencers_short_write(sqlite_engine, monkeypatch):
+    """The gate held by another thread of the process (the sequencer storing a chunk) and
+    released within the wait: the commit still runs on the loop, once the gate is free."""
+    monkeypatch.setattr(writer_module, "_GATE_WAIT_S", 30.0)  # only the release lets it in
+    gate = sqlite_write_gate(sqlite_engine)
+    record = _encoded(1)
+    holding, released = threading.Event(), []
+
+    def sequencer() -> None:
+        with gate.background():
+            holding.set()
+            time.sleep(0.2)
+            released.append(time.monotonic())
+
+    async def body(writer):
+        thread = threading.Thread(target=sequencer)
+        thread.start()
+        holding.wait(10)
+        await writer.commit(*record, alone=True)
+        committed = time.monotonic()
+        thread.join(10)
+        return _pending(sqlite_engine), committed
+
+    (seen, committed), threads = _run(sqlite_engine, body)
+    assert seen == [record[0]] and threads == ["MainThread"]
+    assert released and committed >= released[0]
 
 
 def test_another_process_holding_the_write_lock_never_blocks_the_loop(sqlite_engine, tmp_path):

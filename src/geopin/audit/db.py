@@ -105,21 +105,29 @@ class WriteGate:
 
     @contextmanager
     def foreground(self) -> Iterator[None]:
-        with self._count:
-            self._foreground_waiting += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._count:
-                self._foreground_waiting -= 1
+        self._take(-1)
         try:
             yield
         finally:
             self._lock.release()
 
-    def try_foreground(self) -> bool:
-        """Take the gate if it is free, without waiting (then ``release()`` it)."""
-        return self._lock.acquire(blocking=False)
+    def try_foreground(self, timeout: float = 0.0) -> bool:
+        """Take the gate if it is free within ``timeout`` seconds (0: without waiting), as
+        background work's next turn would let it in first; then ``release()`` it."""
+        if timeout <= 0:
+            return self._lock.acquire(blocking=False)
+        return self._take(timeout)
+
+    def _take(self, timeout: float) -> bool:
+        """Wait for the gate as a foreground writer, ``timeout`` seconds at most (-1: for as
+        long as it takes), counted so that background work lets it in first."""
+        with self._count:
+            self._foreground_waiting += 1
+        try:
+            return self._lock.acquire(timeout=timeout)
+        finally:
+            with self._count:
+                self._foreground_waiting -= 1
 
     def release(self) -> None:
         self._lock.release()

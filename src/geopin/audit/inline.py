@@ -4,16 +4,22 @@ A record handed to the writer's thread costs two thread wake-ups and a hand-off 
 event loop before the request may go on, which at concurrency 1 is most of what the audit
 adds to a request. When the request is the only one in flight, nobody else waits for the loop,
 so its record is committed right there: one SQLite transaction on a connection of the loop's
-own, taking along the outcome records that linger. It is tried only when it cannot block:
+own, taking along the outcome records that linger. It is tried only when it cannot block for
+long:
 
 - SQLite with ``synchronous=NORMAL`` (a commit is a write to the WAL in the page cache; with
   ``FULL`` it would be an fsync on the loop);
-- the in-process write gate is free (the writer's thread and the sequencer are not writing),
-  taken without waiting;
+- the in-process write gate is free within ``wait_s`` (a few milliseconds). It is taken from
+  this process's other writers, the sequencer's short transactions above all: waiting for
+  one on the loop costs nobody else (the request is alone), lets that thread have the GIL
+  and the CPU to finish at full speed, and wakes the moment it is done. Handing the commit
+  to the writer's thread instead cost a millisecond at the median, the sequencer's
+  transaction stretched by the event loop holding the GIL, and put the sequencer in the
+  router's p99 at concurrency 1 (``bench/README.md``);
 - SQLite's own lock is free: the connection's busy timeout is 0, so another process holding
   it makes the commit fail at once instead of waiting.
 
-Anything else (the gate taken, the lock held, any database error) returns False and the
+Anything else (the gate still taken, the lock held, any database error) returns False and the
 caller hands the records to the writer's thread as usual; after an error, committing here is
 not tried again for ``retry_s``, so a database that is down costs one failed attempt, not one
 per request.
@@ -36,9 +42,12 @@ log = logging.getLogger(__name__)
 class LoopCommitter:
     """A SQLite connection used only from the event loop's thread, for uncontended commits."""
 
-    def __init__(self, engine: Engine, gate: WriteGate, insert: str, *, retry_s: float) -> None:
+    def __init__(
+        self, engine: Engine, gate: WriteGate, insert: str, *, retry_s: float, wait_s: float
+    ) -> None:
         self.engine = engine
         self.gate = gate
+        self.wait_s = wait_s
         self.insert = insert
         self.retry_s = retry_s
         self._raw: Any = None
@@ -48,10 +57,10 @@ class LoopCommitter:
 
     def commit(self, rows: list[tuple[str, bytes]]) -> bool:
         """Insert ``rows`` in one transaction now; False if that cannot be done without
-        waiting (nothing is then written)."""
+        waiting longer than ``wait_s`` (nothing is then written)."""
         if self._never or time.monotonic() < self._paused_until:
             return False
-        if not self.gate.try_foreground():
+        if not self.gate.try_foreground(self.wait_s):
             return False
         try:
             driver = self._connection()

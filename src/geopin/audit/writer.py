@@ -64,6 +64,7 @@ _FINISH_CHECKPOINT = object()  # copy what the last WAL checkpoint left (see _ch
 _EMPTY_WAL = object()  # the same, waiting for other processes, and empty the WAL
 _WAL_RESTART_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 _WAL_LIMIT_FRAMES = 8192  # 32 MiB of 4 KiB pages: other processes keep the WAL from restarting
+_GATE_WAIT_S = 0.005  # how long a lone request's commit on the loop waits for this process's gate
 _EMPTY_WAIT_MS = 200  # how long emptying the WAL waits for other processes' transactions
 _SQLITE_INSERT = (
     "INSERT INTO audit_pending (record_id, body) VALUES (?, ?) ON CONFLICT (record_id) DO NOTHING"
@@ -113,7 +114,9 @@ class AuditWriter:
         self._sqlite = engine.dialect.name == "sqlite"
         self._gate = sqlite_write_gate(engine)
         self._on_loop = (
-            LoopCommitter(engine, self._gate, _SQLITE_INSERT, retry_s=retry_interval_s)
+            LoopCommitter(
+                engine, self._gate, _SQLITE_INSERT, retry_s=retry_interval_s, wait_s=_GATE_WAIT_S
+            )
             if self._gate is not None and commit_on_loop
             else None
         )
