@@ -12,10 +12,10 @@ long:
 - the in-process write gate is free within ``wait_s`` (a few milliseconds). It is taken from
   this process's other writers, the sequencer's short transactions above all: waiting for
   one on the loop costs nobody else (the request is alone), lets that thread have the GIL
-  and the CPU to finish at full speed, and wakes the moment it is done. Handing the commit
-  to the writer's thread instead cost a millisecond at the median, the sequencer's
-  transaction stretched by the event loop holding the GIL, and put the sequencer in the
-  router's p99 at concurrency 1 (``bench/README.md``);
+  and the CPU, and wakes the moment it is done. Handing the commit to the writer's thread
+  instead took 0.8-1.0 ms at the median, for 8-10% of the requests at concurrency 1 (a
+  sequencer transaction stretched by the event loop holding the GIL); waiting here trims
+  the tail of that wait, it does not remove it (``bench/README.md``);
 - SQLite's own lock is free: the connection's busy timeout is 0, so another process holding
   it makes the commit fail at once instead of waiting.
 
