@@ -300,12 +300,18 @@ def _median(runs: list[dict], key: str) -> float | None:
 
 
 def aggregate(raw: dict) -> dict:
-    """Median over repetitions of each figure, per (target, mode, concurrency)."""
+    """Median over repetitions of each figure, per (target, mode, concurrency), and the
+    range of the repetitions' p99s (at c=1 on a shared machine it is wide)."""
     keys = ("p50_ms", "p99_ms", "ttfb_p50_ms", "rps", "cpu_ms_per_request", "errors")
-    return {
-        cell: {key: _median(runs, key) for key in keys} | {"errors": sum(r["errors"] for r in runs)}
-        for cell, runs in raw.items()
-    }
+    out = {}
+    for cell, runs in raw.items():
+        p99s = [r["p99_ms"] for r in runs if r.get("p99_ms") is not None]
+        out[cell] = {key: _median(runs, key) for key in keys} | {
+            "errors": sum(r["errors"] for r in runs),
+            "p99_min_ms": min(p99s, default=None),
+            "p99_max_ms": max(p99s, default=None),
+        }
+    return out
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -318,10 +324,11 @@ def _diff(a: float | None, b: float | None) -> str:
 
 def table(figures: dict, targets: list[Target], concurrencies: list[int]) -> str:
     head = (
-        "| target | c | p50 ms | p99 ms | added p50 | added p99 | TTFB p50 | stream TTFB p50 "
-        "| added stream TTFB | req/s | req/s vs direct | stream req/s | CPU ms/req | errors |"
+        "| target | c | p50 ms | p99 ms | p99 of reps | added p50 | added p99 | TTFB p50 "
+        "| stream TTFB p50 | added stream TTFB | req/s | req/s vs direct | stream req/s "
+        "| CPU ms/req | errors |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for concurrency in concurrencies:
         base = figures[f"direct|json|{concurrency}"]
         base_stream = figures[f"direct|stream|{concurrency}"]
@@ -334,6 +341,7 @@ def table(figures: dict, targets: list[Target], concurrencies: list[int]) -> str
                 str(concurrency),
                 _fmt(row["p50_ms"]),
                 _fmt(row["p99_ms"]),
+                _fmt(row["p99_min_ms"], 2) + "-" + _fmt(row["p99_max_ms"], 2),
                 _diff(row["p50_ms"], base["p50_ms"]),
                 _diff(row["p99_ms"], base["p99_ms"]),
                 _fmt(row["ttfb_p50_ms"]),
