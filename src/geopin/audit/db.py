@@ -114,9 +114,9 @@ class WriteGate:
     def try_foreground(self, timeout: float = 0.0) -> bool:
         """Take the gate if it is free within ``timeout`` seconds (0: without waiting), as
         background work's next turn would let it in first; then ``release()`` it."""
-        if timeout <= 0:
-            return self._lock.acquire(blocking=False)
-        return self._take(timeout)
+        if self._lock.acquire(blocking=False):  # the usual case: free, nothing counted
+            return True
+        return timeout > 0 and self._take(timeout)
 
     def _take(self, timeout: float) -> bool:
         """Wait for the gate as a foreground writer, ``timeout`` seconds at most (-1: for as
