@@ -302,7 +302,15 @@ def _median(runs: list[dict], key: str) -> float | None:
 def aggregate(raw: dict) -> dict:
     """Median over repetitions of each figure, per (target, mode, concurrency), and the
     range of the repetitions' p99s (at c=1 on a shared machine it is wide)."""
-    keys = ("p50_ms", "p99_ms", "ttfb_p50_ms", "rps", "cpu_ms_per_request", "errors")
+    keys = (
+        "p50_ms",
+        "p99_ms",
+        "ttfb_p50_ms",
+        "ttfb_p99_ms",
+        "rps",
+        "cpu_ms_per_request",
+        "errors",
+    )
     out = {}
     for cell, runs in raw.items():
         p99s = [r["p99_ms"] for r in runs if r.get("p99_ms") is not None]
@@ -325,10 +333,10 @@ def _diff(a: float | None, b: float | None) -> str:
 def table(figures: dict, targets: list[Target], concurrencies: list[int]) -> str:
     head = (
         "| target | c | p50 ms | p99 ms | p99 of reps | added p50 | added p99 | TTFB p50 "
-        "| stream TTFB p50 | added stream TTFB | req/s | req/s vs direct | stream req/s "
-        "| CPU ms/req | errors |"
+        "| stream TTFB p50 | added stream TTFB | added stream TTFB p99 | req/s "
+        "| req/s vs direct | stream req/s | CPU ms/req | errors |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for concurrency in concurrencies:
         base = figures[f"direct|json|{concurrency}"]
         base_stream = figures[f"direct|stream|{concurrency}"]
@@ -347,6 +355,7 @@ def table(figures: dict, targets: list[Target], concurrencies: list[int]) -> str
                 _fmt(row["ttfb_p50_ms"]),
                 _fmt(srow["ttfb_p50_ms"]),
                 _diff(srow["ttfb_p50_ms"], base_stream["ttfb_p50_ms"]),
+                _diff(srow["ttfb_p99_ms"], base_stream["ttfb_p99_ms"]),
                 _fmt(row["rps"], 0),
                 _fmt(ratio, 2),
                 _fmt(srow["rps"], 0),
