@@ -327,6 +327,41 @@ def test_header_injection_is_rejected_and_hop_by_hop_headers_are_not_forwarded(
     assert seen["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
 
 
+def test_an_escaped_line_break_or_dot_segment_in_the_path_never_reaches_an_upstream(
+    router: Router, upstreams
+):
+    body = b'{"model": "gpt-4o", "messages": []}'
+    mock = upstreams["eu-se"]
+    before = requests_seen(mock)
+    for target in (
+        b"/v1/chat%0d%0aX-Evil:%201%0d%0a/completions",  # decoded, a header for the upstream
+        b"/v1/chat/completions%0d%0a%0d%0aPOST%20/v1/embeddings",  # or a second request
+        b"/v1/../v1/chat/completions",
+        b"/v1/%2e%2e/admin",
+        b"/v1/chat%2F..%2Fcompletions",
+        b"/v1/chat/completions?x=%0d%0aX-Evil:%201",
+    ):
+        head = (
+            b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"CF-IPCountry: SE\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (target, router.keys["t1"].encode(), len(body))
+        )
+        answer = _raw_request(router.url, head + body)
+        assert answer.startswith(b"HTTP/1.1 400"), (target, answer[:200])
+        assert b'"code":"invalid_request_target"' in answer.replace(b" ", b""), answer
+        assert b"\r\nx-evil" not in answer.lower()
+    assert requests_seen(mock) == before  # nothing was forwarded
+    # An escaped unreserved character is the same path, to geopin and to the upstream.
+    head = (
+        b"POST /v1/chat/%%63ompletions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"CF-IPCountry: SE\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (router.keys["t1"].encode(), len(body))
+    )
+    assert _raw_request(router.url, head + body).startswith(b"HTTP/1.1 200")
+    assert last_request(mock)["raw_path"] == "/v1/chat/completions"
+    assert router.post(headers=router.headers(country="SE")).status_code == 200
+
+
 def test_spoofed_forwarding_headers_are_ignored(tmp_path, upstreams, monkeypatch):
     for name in ("SE_KEY", "DE_KEY", "US_KEY"):
         monkeypatch.setenv(name, "k")

@@ -228,6 +228,7 @@ class MockUpstream:
         described["request"] = {
             "method": scope["method"],
             "path": scope["path"],
+            "raw_path": scope.get("raw_path", b"").decode("latin-1"),
             "query": dict(parse_qsl(query_string, keep_blank_values=True)),
             "query_string": query_string,
             "headers": headers,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from geopin.audit.records import new_record_id
 from geopin.errors import AuditError, GeoIPError
@@ -43,6 +44,7 @@ from geopin.proxy.request import (
     route_template,
 )
 from geopin.proxy.state import Runtime, RuntimeState
+from geopin.proxy.target import request_path, request_query, shown_path
 from geopin.routing.select import order
 from geopin.telemetry.accesslog import access_log, access_log_enabled, client_prefix
 from geopin.telemetry.tracing import NO_TRACE
@@ -69,9 +71,11 @@ class ProxyApp:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         runtime = self.runtime
-        path: str = scope["path"]
+        target = request_path(scope)
+        query = request_query(scope)
+        path = target if target is not None else shown_path(scope)
         method: str = scope["method"]
-        route = route_template(path)
+        route = route_template(target) if target is not None else None
         trace = (
             self._tracing.start_request(
                 method=method, path=path, headers=scope["headers"], route=route
@@ -84,9 +88,13 @@ class ProxyApp:
         try:
             if runtime.draining:
                 error: ErrorResponse | None = refusal.shutting_down(self._retry_after)
+            elif target is None or query is None:
+                error = refusal.invalid_target("path" if target is None else "query string")
             else:
                 state = runtime.holder.current  # this request's snapshot, to its end
-                error = await self._serve(state, scope, receive, send, exchange, started)
+                error = await self._serve(
+                    state, target, query, scope, receive, send, exchange, started
+                )
             if error is not None:
                 exchange.status = error.status
                 await refusal.send_error(send, error)
@@ -146,23 +154,24 @@ class ProxyApp:
     async def _serve(
         self,
         state: RuntimeState,
+        path: str,
+        query: str,
         scope: dict,
         receive: Any,
         send: Any,
         exchange: Exchange,
         started: float,
     ) -> ErrorResponse | None:
-        path: str = scope["path"]
         method: str = scope["method"]
         headers = scope["headers"]
-        query = scope.get("query_string", b"").decode("latin-1")
         deployment = None
         if path.startswith("/v1/"):
             operation = path[3:]
         elif path.startswith(AZURE_PREFIX):
-            deployment, _, rest = path[len(AZURE_PREFIX) :].partition("/")
-            if not deployment or not rest:
+            escaped, _, rest = path[len(AZURE_PREFIX) :].partition("/")
+            if not escaped or not rest:
                 return refusal.not_found(f"no route for {path}")
+            deployment = unquote(escaped)  # a model name, as the policy spells it
             operation = "/" + rest
         else:
             return refusal.not_found(f"no route for {path}; model APIs are under /v1")

@@ -139,6 +139,14 @@ def bad_request(message: str, code: str, param: str | None = None) -> ErrorRespo
     return error_response(400, message, "invalid_request_error", code, param=param)
 
 
+def invalid_target(part: str) -> ErrorResponse:
+    return bad_request(
+        f"the request's {part} holds characters, escapes or dot segments geopin does not "
+        "forward (see RFC 3986)",
+        "invalid_request_target",
+    )
+
+
 def unauthorized(message: str = "a valid geopin API key is required") -> ErrorResponse:
     return error_response(
         401,
