@@ -49,6 +49,24 @@ def test_builds_from_valid_settings(ready):
     app.runtime.holder.current.resolver.close()
 
 
+def test_a_router_that_would_refuse_every_request_says_so_at_start(ready, tmp_path, caplog):
+    caplog.set_level("INFO", logger="geopin")
+    build_app(_settings(ready)).runtime.holder.current.resolver.close()
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert any("every model API request will be refused with 401" in m for m in warned), warned
+    assert any("admin API under /_geopin/ is off" in r.message for r in caplog.records)
+    caplog.clear()
+    keys = tmp_path / "keys.json"
+    created = CliRunner().invoke(
+        main, ["keys", "create", "--tenant", "t", "--keys-file", str(keys)]
+    )
+    assert created.exit_code == 0, created.output
+    app = build_app(_settings(ready, keys_file=str(keys), admin_token="t0ken"))
+    app.runtime.holder.current.resolver.close()
+    assert not any("refused with 401" in r.message for r in caplog.records)
+    assert not any("admin API" in r.message for r in caplog.records)
+
+
 def test_what_is_loaded_at_startup_is_kept_out_of_the_cyclic_collector(ready):
     app = build_app(_settings(ready, probes={"enabled": False}))
 

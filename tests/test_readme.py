@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,6 +68,42 @@ def test_the_broken_policy_gives_the_errors_shown(tmp_path: Path) -> None:
     assert result.returncode == 1
     got = (result.stderr + result.stdout).replace(str(tmp_path / "broken"), "/tmp/broken")
     assert got.strip().splitlines() == shown
+
+
+_DECISION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_router_commands_run_from_the_repository_root_and_answer_as_shown(
+    tmp_path: Path,
+) -> None:
+    """The section's script, run as shown in a copy of the repository's policies and example
+    settings; only the port differs (GEOPIN_LISTEN, which the settings honour)."""
+    section = _section("### The router")
+    script = _blocks(section)[0]
+    shown = _blocks(section, "")[0].strip().splitlines()
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    shutil.copy(ROOT / "geopin.example.yaml", tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert "localhost:8080" in script
+    result = subprocess.run(
+        ["bash", "-c", script.replace("localhost:8080", f"127.0.0.1:{port}")],
+        cwd=tmp_path,
+        env={**_env(), "GEOPIN_LISTEN": f"127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = [line.rstrip("\r") for line in result.stdout.splitlines()]
+    for line in shown:  # a decision id stands for any decision id
+        pattern = _DECISION_ID.pattern.join(map(re.escape, _DECISION_ID.split(line)))
+        assert any(re.fullmatch(pattern, got) for got in answer), (line, result.stdout)
+    assert (tmp_path / "geopin-keys.json").exists()
+    assert (tmp_path / "geopin-audit.db").exists()
 
 
 @pytest.mark.slow

@@ -194,6 +194,13 @@ def build_app(
         telemetry=telemetry or Telemetry.from_settings(settings.telemetry),
     )
     _watch(runtime, sequencer)
+    if state.keys is None and not settings.auth.allow_anonymous:
+        log.warning(
+            "no keys_file is set and auth.allow_anonymous is false: every model API request "
+            "will be refused with 401 (geopin keys create --tenant NAME writes a keys file)"
+        )
+    if admin_token is None:
+        log.info("no admin token is set: the admin API under /_geopin/ is off")
     return GeopinApp(runtime, probes=probes, sequencer=sequencer)
 
 

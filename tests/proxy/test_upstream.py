@@ -55,6 +55,17 @@ def test_openai_compatible(monkeypatch):
     assert json.loads(request.body)["model"] == "gpt-4o-eu"
 
 
+def test_no_credential_and_no_prompt_shows_in_what_a_log_line_could_print(monkeypatch):
+    monkeypatch.setenv("EP_KEY", "sk-secret-1")
+    route = prepare_route(make_endpoint())
+    call = make_call(body={"model": "gpt-4o", "messages": ["a private prompt"]},
+                     raw_body=b'{"messages": ["a private prompt"]}')  # fmt: skip
+    request = build_request(route, call, [(b"authorization", b"Bearer sk-secret-1")])
+    for shown in (repr(route), repr(call), repr(request), str(request)):
+        assert "sk-secret-1" not in shown and "private prompt" not in shown, shown
+    assert "eu.api.example.com" in repr(request) and "/chat/completions" in repr(request)
+
+
 def test_azure_deployment_url_and_api_key(monkeypatch):
     monkeypatch.setenv("EP_KEY", "az-1")
     endpoint = make_endpoint(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
@@ -49,8 +49,10 @@ class UpstreamRequest:
     origin: Origin
     method: str
     target: str  # path and query, already encoded
-    headers: list[tuple[bytes, bytes]]  # Host and Content-Length are added by the client
-    body: bytes
+    # Host and Content-Length are added by the client. Neither the headers (the credential)
+    # nor the body (the prompt) is ever shown.
+    headers: list[tuple[bytes, bytes]] = field(repr=False)
+    body: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -82,7 +82,7 @@ class Route:
     endpoint: Endpoint
     origin: Origin
     base_path: str  # the url's path without a trailing slash ("/v1", or "" for Azure)
-    auth: tuple[tuple[bytes, bytes], ...]
+    auth: tuple[tuple[bytes, bytes], ...] = field(repr=False)  # the credential: never shown
     problem: str | None = None  # why it cannot be used now (a missing credential)
 
     @property
@@ -98,8 +98,8 @@ class ClientCall:
     method: str
     operation: str  # the path after ``/v1`` (or after the Azure deployment), "/chat/completions"
     model: str
-    body: dict[str, Any] | None
-    raw_body: bytes
+    body: dict[str, Any] | None = field(repr=False)  # the prompt: never shown
+    raw_body: bytes = field(repr=False)
     query: str  # the client's query string, less an Azure ``api-version``
     api_version: str | None = None  # the client's Azure api-version
 
