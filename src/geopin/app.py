@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import time
 from typing import Any
 
 from geopin.audit.checkpoint import SigningKey
@@ -62,9 +63,17 @@ class GeopinApp:
                 auth_headers=self._probe_auth,
             )
         self.ready = False
-        # Readiness goes false as soon as a drain starts, so balancers stop sending new work.
+        # Readiness goes false as soon as a drain starts, so balancers stop sending new work,
+        # and for upstream.retry_after_s after a decision record failed to commit.
+        window = settings.upstream.retry_after_s
         self.admin = build_admin(
-            runtime, self.reloader, lambda: self.ready and not runtime.draining
+            runtime,
+            self.reloader,
+            lambda: (
+                self.ready
+                and not runtime.draining
+                and runtime.audit_writing(time.monotonic(), window)
+            ),
         )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

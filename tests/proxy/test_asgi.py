@@ -496,6 +496,47 @@ def router_4(tmp_path_factory, mocks):
     router.stop()
 
 
+class _SwitchedAudit:
+    """The audit database at its edge, taken down and brought back by the test."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.committed: list[str] = []
+
+    async def commit(self, record_id, body, *, alone=False):
+        if self.down:
+            raise AuditUnavailable("database is down")
+        self.committed.append(record_id)
+
+    def submit(self, record_id, body):
+        if self.down:
+            raise AuditUnavailable("database is down")
+
+
+def test_readiness_goes_false_while_decisions_cannot_be_recorded(tmp_path, mocks):
+    se = mocks("eu-se")
+    policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", se.url + "/v1", "SE")])
+    audit = _SwitchedAudit()
+    router = start_router(tmp_path, policy, audit=audit, upstream={"retry_after_s": 1})
+    ready = router.url + "/_geopin/readyz"
+    try:
+        assert httpx.get(ready).status_code == 200
+        audit.down = True
+        assert router.post(headers=router.headers(country="SE")).status_code == 503
+        assert httpx.get(ready).status_code == 503
+        assert httpx.get(router.url + "/_geopin/healthz").status_code == 200  # alive, not ready
+        time.sleep(1.1)  # after upstream.retry_after_s a balancer may try this router again
+        assert httpx.get(ready).status_code == 200
+        assert router.post(headers=router.headers(country="SE")).status_code == 503
+        assert httpx.get(ready).status_code == 503
+        audit.down = False
+        assert router.post(headers=router.headers(country="SE")).status_code == 200
+        assert httpx.get(ready).status_code == 200  # one record committed: ready at once
+        assert len(audit.committed) == 1
+    finally:
+        router.stop()
+
+
 class _DownAudit:
     """The audit database at its edge: down, and no spool."""
 

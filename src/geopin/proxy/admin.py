@@ -91,7 +91,8 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
 
     @open_routes.get("/readyz")
     def readyz() -> JSONResponse:
-        """The router can take requests: policy loaded, audit log writing."""
+        """The router can take requests: policy loaded, not draining, no recent failure to
+        record a decision."""
         ok = ready()
         return JSONResponse({"status": "ready" if ok else "not ready"}, 200 if ok else 503)
 

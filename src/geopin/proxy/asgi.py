@@ -250,9 +250,12 @@ class ProxyApp:
             await runtime.audit.commit(record_id, body, alone=runtime.in_flight == 1)
         except AuditError as exc:
             span.end(error="audit_unavailable")
+            runtime.audit_failed_at = time.monotonic()
             log.error("decision %s not recorded, request refused: %s", decision_id, exc)
             return refusal.audit_unavailable(decision_id, self._retry_after)
         span.end()
+        if runtime.audit_failed_at is not None:
+            runtime.audit_failed_at = None
         if not decision.routed:
             return refusal.denied(decision, decision_id, self._rules_base)
         return await forward(

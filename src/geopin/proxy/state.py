@@ -165,3 +165,11 @@ class Runtime:
     last_health: HealthSnapshot | None = None
     in_flight: int = 0  # proxied requests (streams included) not yet answered to the end
     draining: bool = False  # set on SIGTERM: new requests get 503, readiness goes false
+    # When a decision record last failed to commit, None once one commits again: readiness is
+    # false for a while after, so a balancer sends the work to a router whose trail is writing.
+    audit_failed_at: float | None = None
+
+    def audit_writing(self, now: float, window_s: float) -> bool:
+        """No decision record has failed to commit in the last ``window_s`` seconds."""
+        failed = self.audit_failed_at
+        return failed is None or now - failed >= window_s
