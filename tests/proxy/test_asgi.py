@@ -277,6 +277,37 @@ def test_bad_bodies_get_clear_4xx_and_the_router_keeps_serving(tmp_path, upstrea
         router.stop()
 
 
+def test_every_answer_carries_a_decision_id_and_only_decisions_are_in_the_trail(
+    router: Router, tmp_path
+):
+    se = router.headers(country="SE")
+    url = router.url
+    answers = {
+        "no key": httpx.post(url + "/v1/chat/completions", json=chat_body()),
+        "bad key": httpx.post(
+            url + "/v1/chat/completions", json=chat_body(), headers={"authorization": "Bearer x"}
+        ),
+        "bad json": httpx.post(url + "/v1/chat/completions", content=b"{", headers=se),
+        "no route": httpx.get(url + "/v2/anything", headers=se),
+        "wrong method": httpx.get(url + "/v1/chat/completions", headers=se),
+        "models": httpx.get(url + "/v1/models", headers=se),
+        "no such model": httpx.get(url + "/v1/models/nope", headers=se),
+        "dot segment": httpx.post(url + "/v1/chat/%2e%2e/x", json=chat_body(), headers=se),
+        "served": router.post(headers=se),
+        "denied": router.post(headers=router.headers(country="US", tenant="t2")),
+    }
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {
+        "no key": 401, "bad key": 401, "bad json": 400, "no route": 404, "wrong method": 405,
+        "models": 200, "no such model": 404, "dot segment": 400, "served": 200, "denied": 451,
+    }  # fmt: skip
+    ids = {name: answer.headers["x-geopin-decision-id"] for name, answer in answers.items()}
+    assert len(set(ids.values())) == len(ids)  # one id per answer
+    recorded = {record["decision_id"] for record in audit_records(tmp_path)}
+    assert {ids["served"], ids["denied"]} <= recorded
+    assert not recorded & {ids[n] for n in ids if n not in ("served", "denied")}
+
+
 def _raw_request(url: str, head: bytes) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:

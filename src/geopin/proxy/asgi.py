@@ -97,19 +97,28 @@ class ProxyApp:
                 )
             if error is not None:
                 exchange.status = error.status
-                await refusal.send_error(send, error)
+                await refusal.send_error(send, error.naming(self._request_id(exchange)))
         except ClientGone:
             exchange.status = _CLIENT_CLOSED
         except Exception:
             log.exception("request %s %s failed", method, path)
             exchange.status = 500
             try:  # unless its answer had begun: then the server drops the connection
-                await refusal.send_error(send, refusal.internal_error(exchange.decision_id))
+                error = refusal.internal_error(self._request_id(exchange))
+                await refusal.send_error(send, error)
             except Exception:
                 pass
         finally:
             runtime.in_flight -= 1
             self._finish(exchange, method, path, route, started)
+
+    @staticmethod
+    def _request_id(exchange: Exchange) -> str:
+        """The decision's id; for a request refused before any decision, a new id that names
+        it in the access log (and nowhere in the trail: nothing was decided)."""
+        if exchange.decision_id is None:
+            exchange.decision_id = new_record_id()
+        return exchange.decision_id
 
     def _finish(
         self, exchange: Exchange, method: str, path: str, route: str | None, started: float
@@ -190,7 +199,10 @@ class ProxyApp:
             exchange.status = 200
             exchange.action = "models"
             _, location = self._locate(state, scope, headers)
-            return await send_models(state, location, operation, tenant, data_class, send)
+            request_id = self._request_id(exchange)
+            return await send_models(
+                state, location, operation, tenant, data_class, send, request_id
+            )
         if method != "POST":
             return refusal.method_not_allowed(method, "POST")
 

@@ -20,8 +20,10 @@ async def send_models(
     tenant: str | None,
     data_class: str | None,
     send: Any,
+    request_id: str,
 ) -> ErrorResponse | None:
-    """The models this client may reach from where it is: each one decided."""
+    """The models this client may reach from where it is: each one decided (and none
+    recorded: nothing is processed; ``request_id`` names the answer in the access log)."""
     reachable = []
     for model in sorted(state.policy.models):
         decision = decide(state.policy, RequestContext(location, model, tenant, data_class))
@@ -47,6 +49,7 @@ async def send_models(
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),
+                (refusal.DECISION_HEADER, request_id.encode()),
             ],
         }
     )

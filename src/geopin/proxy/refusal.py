@@ -34,6 +34,14 @@ class ErrorResponse:
     def asgi_start(self) -> dict[str, Any]:
         return {"type": "http.response.start", "status": self.status, "headers": self.headers}
 
+    def naming(self, request_id: str) -> ErrorResponse:
+        """This answer with ``X-Geopin-Decision-Id: request_id`` unless it names a decision."""
+        if any(name == DECISION_HEADER for name, _ in self.headers):
+            return self
+        return ErrorResponse(
+            self.status, self.body, (*self.headers, (DECISION_HEADER, request_id.encode()))
+        )
+
 
 def error_payload(
     message: str, type_: str, code: str, param: str | None = None, **extra: Any
