@@ -86,6 +86,68 @@ def test_routes_by_location_and_rewrites_model_and_credentials(router: Router, u
     assert seen["headers"]["host"] == upstreams["us"].url.removeprefix("http://")
 
 
+def test_every_api_shape_reaches_its_endpoint_over_the_wire(tmp_path, mocks, monkeypatch):
+    """Anthropic Messages, embeddings, responses, any other POST /v1/*, and Azure SDK paths,
+    each to the right kind of endpoint, with its own path, credential and model name."""
+    monkeypatch.setenv("ANT_KEY", "ant-se")
+    monkeypatch.setenv("OAI_KEY", "sk-se")
+    monkeypatch.setenv("AZ_KEY", "az-se")
+    ant, oai, az = mocks("ant-se"), mocks("oai-se"), mocks("az-se")
+    models = {"claude-x": "claude-x-se", "gpt-4o": "gpt-4o-se", "emb": "emb-se"}
+    policy = write_policy(tmp_path / "p", [
+        endpoint_yaml("ant-se", ant.url + "/v1", "SE", kind="anthropic",
+                      models={"claude-x": "claude-x-se"}, credentials={"env": "ANT_KEY"}),
+        endpoint_yaml("oai-se", oai.url + "/v1", "SE", models=models, priority=1,
+                      credentials={"env": "OAI_KEY"}),
+        endpoint_yaml("az-se", az.url, "SE", kind="azure-openai", models={"gpt-4o": "dep-4o"},
+                      priority=5, credentials={"env": "AZ_KEY"}),
+    ])  # fmt: skip
+    router = start_router(tmp_path, policy)
+    se = router.headers(country="SE")
+    try:
+        message = {"model": "claude-x", "max_tokens": 8, "messages": [{"role": "user",
+                   "content": "hi"}]}  # fmt: skip
+        answer = router.post("/v1/messages", json_body=message, headers=se)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-geopin-endpoint"] == "ant-se"
+        assert answer.json()["type"] == "message"
+        seen = last_request(ant)
+        assert (seen["path"], seen["json"]["model"]) == ("/v1/messages", "claude-x-se")
+        assert seen["headers"]["x-api-key"] == "ant-se" and "authorization" not in seen["headers"]
+        assert seen["headers"]["anthropic-version"] == "2023-06-01"
+
+        answer = router.post("/v1/embeddings", json_body={"model": "emb", "input": "x"}, headers=se)
+        assert answer.status_code == 200 and answer.json()["data"][0]["embedding"], answer.text
+        seen = last_request(oai)
+        assert (seen["path"], seen["json"]["model"]) == ("/v1/embeddings", "emb-se")
+        assert seen["headers"]["authorization"] == "Bearer sk-se"
+
+        # Paths geopin does not know are passed through; the upstream's own 4xx comes back.
+        for path, query in (("/v1/responses", ""), ("/v1/batches/b1/cancel", "?limit=2")):
+            answer = router.post(path + query, json_body={"model": "gpt-4o", "input": "x"},
+                                 headers=se)  # fmt: skip
+            assert answer.status_code == 404 and answer.headers["x-geopin-endpoint"] == "oai-se"
+            seen = last_request(oai)
+            assert (seen["path"], seen["query_string"]) == (path, query.lstrip("?"))
+            assert seen["json"]["model"] == "gpt-4o-se"
+
+        # An Azure SDK's deployment URL: the deployment names the model; an OpenAI-compatible
+        # endpoint gets its /v1 path, an Azure one its own deployment and api-version.
+        azure = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-06-01"
+        answer = router.post(azure, json_body={"messages": []}, headers=se)
+        assert answer.status_code == 200 and answer.headers["x-geopin-endpoint"] == "oai-se"
+        assert last_request(oai)["path"] == "/v1/chat/completions"
+        httpx.post(oai.url + "/_mock/fail")  # oai-se fails: the Azure endpoint is next
+        answer = router.post(azure, json_body={"messages": []}, headers=se)
+        assert answer.status_code == 200 and answer.headers["x-geopin-endpoint"] == "az-se"
+        seen = last_request(az)
+        assert seen["path"] == "/openai/deployments/dep-4o/chat/completions"
+        assert seen["query"] == {"api-version": "2024-10-21"}
+        assert seen["headers"]["api-key"] == "az-se"
+    finally:
+        router.stop()
+
+
 def test_a_decision_and_its_outcome_are_recorded(router: Router, tmp_path):
     response = router.post(headers=router.headers(country="SE"))
     decision_id = response.headers["x-geopin-decision-id"]
@@ -187,6 +249,32 @@ def test_failover_stays_inside_the_permitted_set(router: Router, upstreams, tmp_
     assert outcome is not None and outcome["endpoint"] == "eu-se"
     board = router.admin("GET", "/_geopin/endpoints").json()["endpoints"]
     assert {e["id"]: e["state"] for e in board}["eu-de"] == "open"
+
+
+def test_when_the_preferred_endpoint_dies_its_traffic_stays_inside_the_permitted_set(
+    router: Router, upstreams, tmp_path
+):
+    de = router.headers(country="DE")
+    assert router.post(headers=de).headers["x-geopin-endpoint"] == "eu-de"  # a pooled connection
+    upstreams["eu-de"].stop()  # the process is gone: its connections close, connects refused
+    served = []
+    for stream in (False, True, False, False, True, False):
+        body = chat_body(stream=stream)
+        with httpx.stream("POST", router.url + "/v1/chat/completions", json=body, headers=de,
+                          timeout=30) as response:  # fmt: skip
+            text = response.read().decode()
+            assert response.status_code == 200, text
+            served.append(response.headers["x-geopin-endpoint"])
+            assert ('"region": "eu-se"' in text) or ('"region":"eu-se"' in text), text
+    assert served == ["eu-se"] * 6
+    assert last_request(upstreams["us"]) is None  # never outside the permitted set
+    board = {e["id"]: e for e in router.admin("GET", "/_geopin/endpoints").json()["endpoints"]}
+    assert board["eu-de"]["state"] == "open"
+    upstreams["eu-se"].stop()  # nothing compliant is left: 503, and still nothing to the US
+    refused = router.post(headers=de)
+    assert refused.status_code == 503 and "retry-after" in refused.headers
+    assert refused.json()["error"]["code"] == "no_endpoint_available"
+    assert last_request(upstreams["us"]) is None
 
 
 def test_router_keys_identify_the_tenant(router: Router, upstreams):
