@@ -148,6 +148,41 @@ def test_every_api_shape_reaches_its_endpoint_over_the_wire(tmp_path, mocks, mon
         router.stop()
 
 
+def test_a_multipart_upload_is_decided_by_its_model_field_and_forwarded_intact(tmp_path, mocks):
+    se, us = mocks("eu-se"), mocks("us")
+    models = {"whisper-1": "whisper-eu"}
+    policy = write_policy(tmp_path / "p", [
+        endpoint_yaml("eu-se", se.url + "/v1", "SE", models=models),
+        endpoint_yaml("us", us.url + "/v1", "US", models={"whisper-1": "whisper-us"}),
+    ])  # fmt: skip
+    router = start_router(tmp_path, policy)
+    url = router.url + "/v1/audio/transcriptions"
+    audio = b"RIFF" + b"a private recording " * 500
+    try:
+        answer = httpx.post(url, data={"model": "whisper-1", "language": "sv"},
+                            files={"file": ("a.wav", audio, "audio/wav")},
+                            headers=router.headers(country="SE"))  # fmt: skip
+        assert answer.headers["x-geopin-endpoint"] == "eu-se"  # the mock has no such route: 404
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "no_route"
+        seen = last_request(se)
+        assert seen["path"] == "/v1/audio/transcriptions"
+        assert seen["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+        assert 'name="model"\r\n\r\nwhisper-eu\r\n' in seen["body"]
+        assert audio.decode() in seen["body"] and 'name="language"\r\n\r\nsv\r\n' in seen["body"]
+        assert last_request(us) is None
+
+        no_model = httpx.post(url, data={"language": "sv"}, files={"file": ("a.wav", audio)},
+                              headers=router.headers(country="SE"))  # fmt: skip
+        assert no_model.status_code == 400 and no_model.json()["error"]["code"] == "missing_model"
+        form = {**router.headers(country="SE"), "content-type": "multipart/form-data; boundary=x"}
+        broken = httpx.post(url, content=b"--x\r\nno end", headers=form)
+        assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_form"
+        assert "headers do not end" in broken.json()["error"]["message"]
+        assert requests_seen(se) == 1 and last_request(us) is None
+    finally:
+        router.stop()
+
+
 def test_a_decision_and_its_outcome_are_recorded(router: Router, tmp_path):
     response = router.post(headers=router.headers(country="SE"))
     decision_id = response.headers["x-geopin-decision-id"]

@@ -38,6 +38,7 @@ from geopin.proxy.request import (
     ClientGone,
     affinity_key,
     client_trace_id,
+    content_type,
     declared_data_class,
     parse_call,
     read_body,
@@ -210,7 +211,8 @@ class ProxyApp:
         if isinstance(raw, ErrorResponse):
             return raw
         exchange.bytes_in = len(raw)
-        call, error = parse_call(method, operation, deployment, query, raw)
+        kind = content_type(headers)
+        call, error = parse_call(method, operation, deployment, query, raw, kind)
         if error is not None:
             return error
         assert call is not None

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from geopin.proxy import refusal
+from geopin.proxy.form import FormError, FormModel, NoModelField, form_model, is_multipart
 from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.state import RuntimeState
 from geopin.proxy.upstream import Api, ClientCall
@@ -77,9 +78,25 @@ async def read_body(receive: Any, headers: list, limit: int) -> bytes | ErrorRes
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def content_type(headers: list) -> bytes | None:
+    for name, value in headers:
+        if name == b"content-type":
+            return value
+    return None
+
+
 def parse_call(
-    method: str, operation: str, deployment: str | None, query: str, raw: bytes
+    method: str,
+    operation: str,
+    deployment: str | None,
+    query: str,
+    raw: bytes,
+    kind: bytes | None = None,
 ) -> tuple[ClientCall | None, ErrorResponse | None]:
+    """The client's call from its body: JSON, or (``kind`` its Content-Type) a multipart form."""
+    if is_multipart(kind):
+        assert kind is not None
+        return _parse_form(method, operation, deployment, query, raw, kind)
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -92,10 +109,7 @@ def parse_call(
     model: Any
     if deployment is not None:
         model = deployment
-        params = [p for p in query.split("&") if p]
-        versions = [p for p in params if p.startswith("api-version=")]
-        api_version = versions[0].partition("=")[2] if versions else None
-        query = "&".join(p for p in params if not p.startswith("api-version="))
+        query, api_version = _azure_query(query)
     else:
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -104,6 +118,36 @@ def parse_call(
             )
     api = Api.ANTHROPIC if operation.startswith("/messages") else Api.OPENAI
     return ClientCall(api, method, operation, model, body, raw, query, api_version), None
+
+
+def _parse_form(
+    method: str, operation: str, deployment: str | None, query: str, raw: bytes, kind: bytes
+) -> tuple[ClientCall | None, ErrorResponse | None]:
+    try:
+        form: FormModel | None = form_model(kind, raw)
+    except NoModelField as exc:
+        if deployment is None:
+            return None, refusal.bad_request(str(exc), "missing_model", param="model")
+        form = None  # an Azure deployment URL names the model; the form need not
+    except FormError as exc:
+        return None, refusal.bad_request(str(exc), "invalid_form")
+    api_version = None
+    if deployment is not None:
+        model = deployment
+        query, api_version = _azure_query(query)
+    else:
+        assert form is not None
+        model = form.model
+    call = ClientCall(Api.OPENAI, method, operation, model, None, raw, query, api_version, form)
+    return call, None
+
+
+def _azure_query(query: str) -> tuple[str, str | None]:
+    """The client's query less its ``api-version``, and that version."""
+    params = [p for p in query.split("&") if p]
+    versions = [p for p in params if p.startswith("api-version=")]
+    api_version = versions[0].partition("=")[2] if versions else None
+    return "&".join(p for p in params if not p.startswith("api-version=")), api_version
 
 
 def client_trace_id(headers: list) -> str | None:

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from geopin.errors import ConfigError
 from geopin.policy.decision import CredentialRef, Endpoint, ProviderKind
+from geopin.proxy.form import FormModel
 from geopin.proxy.forward import Origin, UpstreamRequest
 
 ANTHROPIC_VERSION = b"2023-06-01"  # sent when neither the client nor the endpoint names one
@@ -102,6 +103,7 @@ class ClientCall:
     raw_body: bytes = field(repr=False)
     query: str  # the client's query string, less an Azure ``api-version``
     api_version: str | None = None  # the client's Azure api-version
+    form: FormModel | None = None  # a multipart body's model field (then ``body`` is None)
 
 
 def prepare_route(
@@ -166,12 +168,11 @@ def build_request(
             query += "&" + call.query
         deployment = quote(upstream_model, safe="")
         target = f"{route.base_path}/openai/deployments/{deployment}{call.operation}?{query}"
-        if call.body is not None and "model" in call.body:
+        if (call.body is not None and "model" in call.body) or call.form is not None:
             body = _with_model(call, upstream_model)
     else:
         target = route.base_path + call.operation + ("?" + call.query if call.query else "")
-        if call.body is not None:
-            body = _with_model(call, upstream_model)
+        body = _with_model(call, upstream_model)
     out = headers + list(route.auth)
     if endpoint.kind is ProviderKind.ANTHROPIC and not any(
         name == b"anthropic-version" for name, _ in headers
@@ -182,8 +183,11 @@ def build_request(
 
 
 def _with_model(call: ClientCall, upstream_model: str) -> bytes:
-    assert call.body is not None
-    if call.body.get("model") == upstream_model:
+    if call.form is not None:
+        if call.form.model == upstream_model:
+            return call.raw_body
+        return call.form.replaced(call.raw_body, upstream_model)
+    if call.body is None or call.body.get("model") == upstream_model:
         return call.raw_body  # byte for byte what the client sent
     rewritten = dict(call.body)
     rewritten["model"] = upstream_model
