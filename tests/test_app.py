@@ -99,6 +99,17 @@ def test_out_of_date_audit_schema_is_refused(ready, tmp_path):
         build_app(_settings({**ready, "GEOPIN_AUDIT_DATABASE_URL": f"sqlite:///{tmp_path}/n.db"}))
 
 
+def test_an_overridden_endpoint_is_named_in_a_warning_at_start(ready, caplog):
+    caplog.set_level("WARNING", logger="geopin")
+    app = build_app(_settings(ready, endpoint_overrides={"eu-se": "http://staging:8000/v1"}))
+    app.runtime.holder.current.resolver.close()
+    warned = [r.getMessage() for r in caplog.records if "endpoint_overrides" in r.getMessage()]
+    assert warned == [
+        "endpoint_overrides: endpoint eu-se is sent to http://staging:8000/v1 instead of its "
+        "policy url; the trail still records its policy country SE"
+    ]
+
+
 def test_overrides_must_name_endpoints_of_the_policy(ready):
     with pytest.raises(ConfigError, match="endpoint_overrides: no endpoint 'nope'"):
         build_app(_settings(ready, endpoint_overrides={"nope": "http://x/v1"}))

@@ -210,6 +210,14 @@ def build_app(
         )
     if admin_token is None:
         log.info("no admin token is set: the admin API under /_geopin/ is off")
+    for endpoint_id, url in sorted(settings.endpoint_overrides.items()):
+        log.warning(
+            "endpoint_overrides: endpoint %s is sent to %s instead of its policy url; the trail "
+            "still records its policy country %s",
+            endpoint_id,
+            url,
+            state.policy.endpoints[endpoint_id].country,
+        )
     return GeopinApp(runtime, probes=probes, sequencer=sequencer)
 
 
