@@ -281,3 +281,35 @@ def test_two_workers_share_the_audit_database(served, mocks):
     # Each worker wrote the access lines it still held in a batch before it exited.
     logged = {line.get("decision_id") for line in router.access_lines()}
     assert set(decisions) <= logged
+
+
+def test_an_admin_reload_reaches_every_worker(served, mocks, tmp_path):
+    """File polling is off here, so only the admin call can tell the workers."""
+    upstream = mocks("eu-se").url
+    router = served(upstream, workers=2)
+    write_policy(
+        tmp_path / "policy",
+        [endpoint_yaml("eu-se", upstream + "/v1", "SE")],
+        rules=[{"id": "se-closed", "from": ["SE"], "deny": True, "reason": "closed"}],
+    )
+    admin = {"authorization": f"Bearer {ADMIN}", "connection": "close"}
+    answer = httpx.post(router.url + "/_geopin/reload", headers=admin, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["other_workers_asked"] is True
+    time.sleep(2)  # the other worker's reload runs when the supervisor's SIGHUP reaches it
+    statuses: dict[str, int] = {}
+    deadline = time.monotonic() + 30
+    pids: set[int] = set()
+    while time.monotonic() < deadline and (len(pids) < 2 or len(statuses) < 20):
+        response = httpx.post(
+            router.url + "/v1/chat/completions",
+            json=chat_body(),
+            headers=router.headers() | {"connection": "close"},  # either worker may take it
+            timeout=10,
+        )
+        statuses[response.headers["x-geopin-decision-id"]] = response.status_code
+        time.sleep(0.05)
+        lines = router.access_lines()
+        pids = {line["pid"] for line in lines if line.get("decision_id") in statuses}
+    assert len(pids) == 2, f"only worker(s) {pids} answered"
+    assert set(statuses.values()) == {451}, statuses

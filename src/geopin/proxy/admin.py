@@ -25,7 +25,7 @@ from geopin.geo.location import UNKNOWN, Location, LocationSource
 from geopin.policy.decision import RequestContext
 from geopin.policy.explain import explain
 from geopin.proxy.refusal import error_payload
-from geopin.proxy.reload import Reloader
+from geopin.proxy.reload import Reloader, reload_other_workers
 from geopin.proxy.state import Runtime
 
 PREFIX = "/_geopin"
@@ -171,10 +171,11 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
     @admin.post("/reload")
     async def reload() -> JSONResponse:
         """Reload policy, GeoIP data and keys now. 422 (and the old policy keeps serving) when
-        anything is invalid."""
+        anything is invalid. With several workers the others are asked to reload too
+        (``other_workers_asked``)."""
         outcome = await reloader.reload("admin API")
         if outcome.reloaded:
-            return JSONResponse(outcome.to_dict())
+            return JSONResponse(outcome.to_dict() | {"other_workers_asked": reload_other_workers()})
         body = error_payload(
             outcome.error or "reload failed",
             "invalid_request_error",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -30,6 +31,19 @@ from geopin.proxy.state import (
 log = logging.getLogger(__name__)
 
 RESOLVER_GRACE_S = 30.0  # an old GeoIP reader stays open this long for requests that hold it
+# Set in each worker of ``geopin serve --workers N`` to the supervising process's pid, which
+# passes a SIGHUP on to every worker.
+SUPERVISOR_ENV = "GEOPIN_SUPERVISOR_PID"
+
+
+def reload_other_workers() -> bool:
+    """Ask every worker of this ``geopin serve`` to reload (this one too, again: the same
+    files give the same policy); False when this process is not one of several workers."""
+    pid = os.environ.get(SUPERVISOR_ENV)
+    if not pid or int(pid) != os.getppid():
+        return False
+    os.kill(int(pid), signal.SIGHUP)
+    return True
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any
 
 import uvicorn
 
+from geopin.proxy.reload import SUPERVISOR_ENV
 from geopin.telemetry.accesslog import configure_logging, flush_logs
 
 log = logging.getLogger("geopin.serve")
@@ -193,6 +194,7 @@ def _worker(
     logging_options: Mapping[str, Any],
 ) -> None:
     """A worker process: its own logging, its own application (built by the factory)."""
+    os.environ[SUPERVISOR_ENV] = str(os.getppid())  # an admin reload reaches every worker
     configure_logging(**logging_options)
     try:
         GracefulServer(config, grace_s).run(sockets=sockets)
