@@ -242,6 +242,19 @@ def test_denied_request_gets_451_that_explains_itself(router: Router, upstreams)
     assert rule["reason"] == "Service is not offered in Russia"
 
 
+def test_a_call_in_an_api_no_permitted_endpoint_speaks_is_404_not_retry_later(
+    router: Router, upstreams
+):
+    before = {name: requests_seen(mock) for name, mock in upstreams.items()}
+    body = {"model": "gpt-4o", "max_tokens": 8, "messages": []}
+    answer = router.post("/v1/messages", json_body=body, headers=router.headers(country="SE"))
+    assert answer.status_code == 404 and "retry-after" not in answer.headers
+    error = answer.json()["error"]
+    assert error["code"] == "model_not_found"
+    assert "not served through the Anthropic Messages API" in error["message"]
+    assert {name: requests_seen(mock) for name, mock in upstreams.items()} == before
+
+
 def test_unknown_model_is_404(router: Router):
     response = router.post(json_body=chat_body(model="nope"), headers=router.headers(country="SE"))
     assert response.status_code == 404

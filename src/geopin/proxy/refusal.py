@@ -115,6 +115,19 @@ def unavailable(decision_id: str | None, message: str, retry_after_s: int) -> Er
     )
 
 
+def api_not_served(decision_id: str, model: str, api: str) -> ErrorResponse:
+    """404: the request may be processed, but no endpoint it may use speaks the client's API
+    for this model (an Anthropic Messages call for a model only OpenAI endpoints serve)."""
+    shown = "the Anthropic Messages API" if api == "anthropic" else "the OpenAI API"
+    return error_response(
+        404,
+        f"model '{model}' is not served through {shown} by any endpoint this request may use",
+        "invalid_request_error",
+        "model_not_found",
+        decision_id=decision_id,
+    )
+
+
 def gateway_timeout(decision_id: str, message: str) -> ErrorResponse:
     return error_response(504, message, "server_error", "upstream_timeout", decision_id=decision_id)
 
