@@ -12,8 +12,10 @@ import time
 import httpx
 import pytest
 
+from geo.conftest import city_record, write_mmdb  # the GeoIP tests' database writer
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
+from geopin.keys import KeyStore
 
 from .conftest import endpoint_yaml, start_router, write_policy
 
@@ -153,3 +155,80 @@ def test_sighup_reloads(tmp_path, mocks):
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_a_new_geoip_database_and_a_revoked_key_take_effect_on_reload(setup, caplog):
+    tmp, endpoints = setup
+    geoip = tmp / "city.mmdb"
+    write_mmdb(geoip, {"203.0.113.0/24": city_record("SE", eu=True)})
+    router = start_router(
+        tmp, write_policy(tmp / "p", endpoints), geoip_db=str(geoip),
+        trusted_proxies=["127.0.0.1"], trusted_cdns=[],
+    )  # fmt: skip
+    forwarded = {"x-forwarded-for": "203.0.113.9"}  # from a trusted proxy: believed
+    try:
+        answer = router.post(headers=router.headers(**forwarded))
+        assert answer.headers["x-geopin-endpoint"] == "eu-se"
+
+        # The database is replaced the way a GeoIP updater does: written aside, renamed in.
+        write_mmdb(tmp / "next.mmdb", {"203.0.113.0/24": city_record("DE", eu=True)})
+        os.replace(tmp / "next.mmdb", geoip)
+        assert router.admin("POST", "/_geopin/reload").status_code == 200
+        answer = router.post(headers=router.headers(**forwarded))
+        assert answer.headers["x-geopin-endpoint"] == "eu-de"
+
+        # A broken database is refused, logged, shown; the one loaded keeps serving.
+        geoip.write_bytes(b"not a database")
+        caplog.set_level("ERROR", logger="geopin")
+        assert router.admin("POST", "/_geopin/reload").status_code == 422
+        assert "city.mmdb" in router.admin("GET", "/_geopin/policy").json()["load_error"]["message"]
+        assert any("reload (admin API) rejected" in r.getMessage() for r in caplog.records)
+        answer = router.post(headers=router.headers(**forwarded))
+        assert answer.headers["x-geopin-endpoint"] == "eu-de"
+        write_mmdb(geoip, {"203.0.113.0/24": city_record("DE", eu=True)})
+
+        # A key revoked in the keys file stops working at the reload; a new one starts.
+        old = router.keys["t1"]
+        with KeyStore.editing(tmp / "keys.json") as store:
+            store.revoke(old.split("_")[1])
+            new = store.create("t1")[1]
+        assert (
+            router.post(headers={"authorization": f"Bearer {old}", **forwarded}).status_code == 200
+        )
+        assert router.admin("POST", "/_geopin/reload").status_code == 200
+        revoked = router.post(headers={"authorization": f"Bearer {old}", **forwarded})
+        assert revoked.status_code == 401
+        assert (
+            router.post(headers={"authorization": f"Bearer {new}", **forwarded}).status_code == 200
+        )
+    finally:
+        router.stop()
+
+
+def test_a_request_still_uploading_at_a_reload_is_decided_under_the_policy_it_began_with(setup):
+    tmp, endpoints = setup
+    policy = write_policy(tmp / "p", endpoints)
+    router = start_router(tmp, policy)
+    host, port = router.url.removeprefix("http://").split(":")
+    body = b'{"model": "gpt-4o", "messages": []}'
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"CF-IPCountry: SE\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (router.keys["t1"].encode(), len(body))
+    )
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head + body[:10])  # the request has begun; its body is not all here
+            time.sleep(0.3)
+            write_policy(tmp / "p", endpoints[1:])  # Sweden leaves the policy meanwhile
+            assert router.admin("POST", "/_geopin/reload").status_code == 200
+            sock.sendall(body[10:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert b"x-geopin-endpoint: eu-se" in answer.lower()  # the policy it started under
+        later = router.post(headers=router.headers(country="SE"))
+        assert later.headers["x-geopin-endpoint"] == "eu-de"  # a new request: the new policy
+    finally:
+        router.stop()
