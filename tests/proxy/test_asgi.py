@@ -319,9 +319,12 @@ def test_when_the_preferred_endpoint_dies_its_traffic_stays_inside_the_permitted
     board = {e["id"]: e for e in router.admin("GET", "/_geopin/endpoints").json()["endpoints"]}
     assert board["eu-de"]["state"] == "open"
     upstreams["eu-se"].stop()  # nothing compliant is left: 503, and still nothing to the US
-    refused = router.post(headers=de)
-    assert refused.status_code == 503 and "retry-after" in refused.headers
-    assert refused.json()["error"]["code"] == "no_endpoint_available"
+    for _ in range(8):  # until every permitted endpoint's breaker is open, and after
+        refused = router.post(headers=de)
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        assert refused.json()["error"]["code"] == "no_endpoint_available"
+    board = {e["id"]: e for e in router.admin("GET", "/_geopin/endpoints").json()["endpoints"]}
+    assert board["eu-de"]["state"] == board["eu-se"]["state"] == "open"
     assert last_request(upstreams["us"]) is None
 
 

@@ -150,7 +150,7 @@ async def forward(
             bytes_out=tap.bytes_out, usage=usage, error=error,
         )  # fmt: skip
         return None
-    if not tried and not any(API_OF_KIND[e.kind] == call.api for e in attempts):
+    if not tried and not any(API_OF_KIND[e.kind] == call.api for e in decision.candidates):
         error_response = refusal.api_not_served(decision_id, call.model, call.api)
         failure = "no permitted endpoint speaks the client's API"
     elif tried and timeouts == len(tried):
