@@ -105,8 +105,8 @@ def test_an_overridden_endpoint_is_named_in_a_warning_at_start(ready, caplog):
     app.runtime.holder.current.resolver.close()
     warned = [r.getMessage() for r in caplog.records if "endpoint_overrides" in r.getMessage()]
     assert warned == [
-        "endpoint_overrides: endpoint eu-se is sent to http://staging:8000/v1 instead of its "
-        "policy url; the trail still records its policy country SE"
+        "endpoint_overrides send 1 endpoint(s) elsewhere than their policy url, while the trail "
+        "still records each one's policy country: eu-se (SE) -> http://staging:8000/v1"
     ]
 
 

@@ -210,13 +210,16 @@ def build_app(
         )
     if admin_token is None:
         log.info("no admin token is set: the admin API under /_geopin/ is off")
-    for endpoint_id, url in sorted(settings.endpoint_overrides.items()):
+    if settings.endpoint_overrides:
+        overridden = sorted(settings.endpoint_overrides)
         log.warning(
-            "endpoint_overrides: endpoint %s is sent to %s instead of its policy url; the trail "
-            "still records its policy country %s",
-            endpoint_id,
-            url,
-            state.policy.endpoints[endpoint_id].country,
+            "endpoint_overrides send %d endpoint(s) elsewhere than their policy url, while the "
+            "trail still records each one's policy country: %s",
+            len(overridden),
+            ", ".join(
+                f"{e} ({state.policy.endpoints[e].country}) -> {settings.endpoint_overrides[e]}"
+                for e in overridden
+            ),
         )
     return GeopinApp(runtime, probes=probes, sequencer=sequencer)
 
