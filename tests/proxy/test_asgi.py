@@ -569,6 +569,8 @@ def test_slow_upstream_times_out_into_failover_or_504(tmp_path, mocks):
         response = router.post(headers=router.headers(country="SE"))
         assert response.status_code == 200
         assert response.headers["x-geopin-endpoint"] == "eu-fast"
+        pool = router.call(router.app.runtime.client.stats)
+        assert (pool.active, pool.idle) == (0, 1)  # the fast one kept alive, the slow one gone
     finally:
         router.stop()
     only_slow = write_policy(tmp_path / "p2", endpoints[:1])
@@ -577,6 +579,10 @@ def test_slow_upstream_times_out_into_failover_or_504(tmp_path, mocks):
         response = router.post(headers=router.headers(country="SE"))
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "upstream_timeout"
+        # The timed-out connection is dropped, not pooled: its late answer would be read as
+        # the next request's.
+        pool = router.call(router.app.runtime.client.stats)
+        assert (pool.active, pool.idle) == (0, 0)
     finally:
         router.stop()
 
