@@ -632,6 +632,42 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
         router.stop()
 
 
+def test_a_client_that_leaves_before_a_slow_answer_begins_frees_the_upstream_connection(
+    tmp_path, mocks
+):
+    slow = mocks("eu-se", latency_ms=6_000)  # a long completion, not streamed
+    policy = write_policy(tmp_path / "p", [endpoint_yaml("eu-se", slow.url + "/v1", "SE")])
+    router = start_router(tmp_path, policy, upstream={"read_timeout_s": 60})
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1.5 s
+            httpx.post(router.url + "/v1/chat/completions", json=chat_body(),
+                       headers=router.headers(country="SE"), timeout=1.5)  # fmt: skip
+        gave_up = time.monotonic()
+        deadline = gave_up + 10
+        while time.monotonic() < deadline:
+            stats = router.call(router.app.runtime.client.stats)
+            if stats.active == 0:
+                break
+            time.sleep(0.05)
+        assert (stats.active, stats.idle) == (0, 0)  # dropped, not held to the answer
+        assert time.monotonic() - gave_up < 2  # the answer would begin 4.5 s after
+        outcome = None
+        while outcome is None and time.monotonic() < deadline:
+            found = [r for r in audit_records(tmp_path) if r["kind"] == "outcome"]
+            outcome = found[0] if found else None
+            time.sleep(0.05)
+        assert outcome is not None
+        assert (outcome["status"], outcome["endpoint"], outcome["attempts"]) == (
+            499, None, ["eu-se"],
+        )  # fmt: skip
+        board = {e["id"]: e for e in router.admin("GET", "/_geopin/endpoints").json()["endpoints"]}
+        assert (
+            board["eu-se"]["state"] == "closed"
+        )  # the client's leaving is not the endpoint's fault
+    finally:
+        router.stop()
+
+
 @settings(
     max_examples=25,
     deadline=None,
