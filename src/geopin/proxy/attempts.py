@@ -34,11 +34,6 @@ from geopin.telemetry.tracing import provider_name, replace_trace_headers
 
 log = logging.getLogger(__name__)
 
-# An answer that has not begun after this long gets a watch for the client going away, which
-# then drops the upstream connection instead of holding it to the answer or the read timeout.
-# Most answers begin sooner, and pay only for a timer.
-WATCH_AFTER_S = 0.5
-
 _RESPONSE_DROPPED = frozenset(
     (
         b"connection",
@@ -101,7 +96,7 @@ async def forward(
         )
         sending = replace_trace_headers(forwarded, attempt.trace_headers())
         sent = time.perf_counter()
-        guard = _HeadGuard(receive)
+        guard = runtime.head_watch.start(receive)
         try:
             response = await runtime.client.send(build_request(route, call, sending))
         except asyncio.CancelledError:
@@ -129,7 +124,7 @@ async def forward(
             left = endpoint.id
             continue
         finally:
-            guard.disarm()
+            runtime.head_watch.done(guard)
         elapsed = time.perf_counter() - sent
         metrics.upstream(endpoint=endpoint.id, status=response.status, duration_s=elapsed)
         if response.status >= 500:
@@ -244,43 +239,6 @@ async def _relay(
         response.close()
         if watcher is not None:
             watcher.cancel()
-
-
-class _HeadGuard:
-    """While an attempt waits for its answer's head: after WATCH_AFTER_S, a task that cancels
-    the wait if the client disconnects (the upstream connection is then discarded)."""
-
-    __slots__ = ("_receive", "_task", "_timer", "_watcher", "tripped")
-
-    def __init__(self, receive: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._receive = receive
-        self._task = asyncio.current_task()
-        self._watcher: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = loop.call_later(WATCH_AFTER_S, self._watch)
-        self.tripped = False
-
-    def _watch(self) -> None:
-        self._timer = None
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._wait_for_disconnect(), name="geopin-disconnect-watch"
-        )
-
-    async def _wait_for_disconnect(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        if self._timer is None and self._task is not None and not self.tripped:
-            self.tripped = True
-            self._task.cancel()
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
-        self._task = None  # from here a disconnect is the relay's to notice
 
 
 def _watch_disconnect(receive: Any, response: UpstreamResponse) -> asyncio.Task:

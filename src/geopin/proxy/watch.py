@@ -1,0 +1,81 @@
+"""Noticing a client that goes away while its request waits for an upstream answer to begin.
+
+A stream is watched by its relay from its first byte. Before that, an attempt waits for the
+answer's head; one that has waited ``WATCH_AFTER_S`` (a long completion) gets a task that
+cancels the wait when the client disconnects, so the upstream connection is dropped rather
+than held to the answer or the read timeout. Most answers begin sooner, so attempts are not
+given a timer each: a :class:`HeadWatch` keeps the waiting attempts in start order and one
+timer for them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+WATCH_AFTER_S = 0.5
+
+
+class HeadGuard:
+    """One attempt's wait for its answer's head; ``tripped`` once the client went away."""
+
+    __slots__ = ("_receive", "_task", "_watcher", "tripped")
+
+    def __init__(self, receive: Any, task: asyncio.Task | None) -> None:
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task | None = None
+        self.tripped = False
+
+    def watch(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._wait_for_disconnect(), name="geopin-disconnect-watch"
+        )
+
+    async def _wait_for_disconnect(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if self._task is not None and not self.tripped:
+            self.tripped = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        self._task = None  # from here a disconnect is the relay's to notice
+
+
+class HeadWatch:
+    """The attempts of one event loop waiting for an answer's head, with one timer."""
+
+    __slots__ = ("_timer", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting: dict[HeadGuard, float] = {}  # insertion order is start order
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, receive: Any) -> HeadGuard:
+        loop = asyncio.get_running_loop()
+        guard = HeadGuard(receive, asyncio.current_task())
+        self._waiting[guard] = loop.time() + WATCH_AFTER_S
+        if self._timer is None:
+            self._timer = loop.call_later(WATCH_AFTER_S, self._sweep)
+        return guard
+
+    def done(self, guard: HeadGuard) -> None:
+        self._waiting.pop(guard, None)
+        guard.stop()
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = self._waiting
+        while waiting:
+            guard, due = next(iter(waiting.items()))
+            if due > now:
+                self._timer = loop.call_at(due, self._sweep)
+                return
+            del waiting[guard]
+            guard.watch()
+        self._timer = None

@@ -1,0 +1,86 @@
+"""One timer watches every attempt waiting for its answer's head."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from geopin.proxy import watch
+from geopin.proxy.watch import HeadWatch
+
+
+class _Client:
+    """An ASGI receive(): nothing until the test disconnects the client."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+        self.calls = 0
+
+    async def receive(self) -> dict:
+        self.calls += 1
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+@pytest.fixture(autouse=True)
+def short_watch(monkeypatch):
+    monkeypatch.setattr(watch, "WATCH_AFTER_S", 0.05)
+
+
+def test_only_an_attempt_that_waits_long_is_watched_and_a_disconnect_cancels_it():
+    async def scenario() -> None:
+        heads = HeadWatch()
+        quick, slow = _Client(), _Client()
+
+        async def attempt(client: _Client, wait_s: float) -> str:
+            guard = heads.start(client.receive)
+            try:
+                await asyncio.sleep(wait_s)  # the upstream's answer
+                return "answered"
+            except asyncio.CancelledError:
+                assert guard.tripped
+                asyncio.current_task().uncancel()
+                return "client gone"
+            finally:
+                heads.done(guard)
+
+        fast_task = asyncio.create_task(attempt(quick, 0.01))
+        slow_task = asyncio.create_task(attempt(slow, 10))
+        assert await fast_task == "answered"
+        await asyncio.sleep(0.12)  # past WATCH_AFTER_S: the slow one is watched now
+        assert (quick.calls, slow.calls) == (0, 1)
+        slow.gone.set()
+        assert await asyncio.wait_for(slow_task, 1) == "client gone"
+        assert heads._waiting == {}
+        await asyncio.sleep(0.06)
+        assert heads._timer is None  # nothing waits: no timer either
+        leftover = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not leftover, leftover
+
+    asyncio.run(scenario())
+
+
+def test_many_attempts_share_one_timer_and_a_disconnect_after_the_answer_changes_nothing():
+    async def scenario() -> None:
+        heads = HeadWatch()
+        loop = asyncio.get_running_loop()
+        timers = []
+        call_later = loop.call_later
+        loop.call_later = lambda *args: timers.append(args) or call_later(*args)  # type: ignore[method-assign]
+        clients = [_Client() for _ in range(50)]
+        guards = [heads.start(c.receive) for c in clients]
+        assert len(timers) == 1  # one timer for fifty attempts
+        for guard in guards[:25]:
+            heads.done(guard)  # answered in time
+        await asyncio.sleep(0.12)
+        assert [c.calls for c in clients] == [0] * 25 + [1] * 25
+        for guard in guards[25:]:
+            heads.done(guard)  # answered late: the watches end, nothing is cancelled
+        for client in clients:
+            client.gone.set()
+        await asyncio.sleep(0.01)
+        assert not any(guard.tripped for guard in guards)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
