@@ -29,6 +29,7 @@ from geopin.proxy.request import ClientGone
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.upstream import API_OF_KIND, ClientCall, build_request, forwardable_headers
 from geopin.proxy.usage import UsageTap
+from geopin.proxy.watch import watch_stream
 from geopin.telemetry.metrics import Metrics
 from geopin.telemetry.tracing import provider_name, replace_trace_headers
 
@@ -214,7 +215,7 @@ async def _relay(
     if length is None:
         # An open-ended body (a stream): watch for the client going away meanwhile, or an
         # idle stream would hold the upstream connection until its next event.
-        watcher = _watch_disconnect(receive, response)
+        watcher = watch_stream(receive, response)
     try:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         first = watcher is not None  # a stream: its first byte's time is measured
@@ -239,17 +240,6 @@ async def _relay(
         response.close()
         if watcher is not None:
             watcher.cancel()
-
-
-def _watch_disconnect(receive: Any, response: UpstreamResponse) -> asyncio.Task:
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                response.abort()
-                return
-
-    return asyncio.get_running_loop().create_task(watch(), name="geopin-disconnect-watch")
 
 
 def _error_kind(exc: UpstreamError) -> str:

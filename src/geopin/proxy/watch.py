@@ -1,11 +1,11 @@
-"""Noticing a client that goes away while its request waits for an upstream answer to begin.
+"""Noticing a client that goes away while its request waits for an upstream answer.
 
-A stream is watched by its relay from its first byte. Before that, an attempt waits for the
-answer's head; one that has waited ``WATCH_AFTER_S`` (a long completion) gets a task that
-cancels the wait when the client disconnects, so the upstream connection is dropped rather
-than held to the answer or the read timeout. Most answers begin sooner, so attempts are not
-given a timer each: a :class:`HeadWatch` keeps the waiting attempts in start order and one
-timer for them all.
+A stream is watched while it is relayed (:func:`watch_stream`). Before that, an attempt
+waits for the answer's head; one that has waited ``WATCH_AFTER_S`` (a long completion) gets a
+task that cancels the wait when the client disconnects, so the upstream connection is dropped
+rather than held to the answer or the read timeout. Most answers begin sooner, so attempts
+are not given a timer each: a :class:`HeadWatch` keeps the waiting attempts in start order
+and one timer for them all.
 """
 
 from __future__ import annotations
@@ -79,3 +79,17 @@ class HeadWatch:
             del waiting[guard]
             guard.watch()
         self._timer = None
+
+
+def watch_stream(receive: Any, response: Any) -> asyncio.Task:
+    """While a stream is relayed: abort ``response`` (its upstream connection) as soon as the
+    client disconnects, or an idle stream would hold it until its next event."""
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                response.abort()
+                return
+
+    return asyncio.get_running_loop().create_task(watch(), name="geopin-disconnect-watch")
