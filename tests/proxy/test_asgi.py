@@ -243,7 +243,7 @@ def test_denied_request_gets_451_that_explains_itself(router: Router, upstreams)
 
 
 def test_a_call_in_an_api_no_permitted_endpoint_speaks_is_404_not_retry_later(
-    router: Router, upstreams
+    router: Router, upstreams, tmp_path
 ):
     before = {name: requests_seen(mock) for name, mock in upstreams.items()}
     body = {"model": "gpt-4o", "max_tokens": 8, "messages": []}
@@ -253,6 +253,9 @@ def test_a_call_in_an_api_no_permitted_endpoint_speaks_is_404_not_retry_later(
     assert error["code"] == "model_not_found"
     assert "not served through the Anthropic Messages API" in error["message"]
     assert {name: requests_seen(mock) for name, mock in upstreams.items()} == before
+    (record,) = [r for r in audit_records(tmp_path) if r["decision_id"] == error["decision_id"]
+                 and r["kind"] == "decision"]  # fmt: skip
+    assert record["endpoint"] is None  # no endpoint was meant to process it
 
 
 def test_unknown_model_is_404(router: Router):

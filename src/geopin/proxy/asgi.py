@@ -46,6 +46,7 @@ from geopin.proxy.request import (
 )
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.target import request_path, request_query, shown_path
+from geopin.proxy.upstream import API_OF_KIND
 from geopin.routing.select import order
 from geopin.telemetry.accesslog import access_log, access_log_enabled, client_prefix
 from geopin.telemetry.tracing import NO_TRACE
@@ -246,7 +247,10 @@ class ProxyApp:
         attempts: tuple[Endpoint, ...] = ()
         if decision.routed:
             health = runtime.last_health = runtime.health.snapshot(time.monotonic())
-            attempts = order(decision, health, affinity_key(tenant, client.ip))
+            ordered = order(decision, health, affinity_key(tenant, client.ip))
+            # Only an endpoint that speaks the client's API can serve it (the record names the
+            # first of them, the one meant to process the request).
+            attempts = tuple(e for e in ordered if API_OF_KIND[e.kind] == call.api)
         span = trace.start_audit()
         try:
             record_id, body = runtime.decisions.encode(

@@ -1,9 +1,10 @@
 """Trying a decision's endpoints in turn, and streaming the first answer below 500 through.
 
-An endpoint is tried only when its route is usable, speaks the client's API and its breaker
-lets a request through; a connection error, a timeout or a 5xx moves on to the next one, up
-to ``max_attempts``. Once an answer's head has gone to the client there is no failover: an
-upstream failing mid-response leaves the client a broken response.
+The attempts are the decision's candidates that speak the client's API, in routing's order.
+An endpoint is tried only when its route is usable and its breaker lets a request through; a
+connection error, a timeout or a 5xx moves on to the next one, up to ``max_attempts``. Once an
+answer's head has gone to the client there is no failover: an upstream failing mid-response
+leaves the client a broken response.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ async def forward(
         if len(tried) >= max_attempts:
             break
         route = state.routes.get(endpoint.id)
-        if route is None or not route.usable or API_OF_KIND[endpoint.kind] != call.api:
+        if route is None or not route.usable:
             continue
         if not board.acquire(endpoint.id, time.monotonic()):
             metrics.upstream_error(endpoint=endpoint.id, kind="breaker_open")
