@@ -39,8 +39,8 @@ class FormModel:
         return body[: self.start] + model.encode() + body[self.end :]
 
 
-def is_multipart(content_type: bytes | None) -> bool:
-    return content_type is not None and content_type[: len(MULTIPART)].lower() == MULTIPART
+def is_multipart(content_type: bytes) -> bool:
+    return content_type[: len(MULTIPART)].lower() == MULTIPART
 
 
 def form_model(content_type: bytes, body: bytes) -> FormModel:

@@ -94,8 +94,7 @@ def parse_call(
     kind: bytes | None = None,
 ) -> tuple[ClientCall | None, ErrorResponse | None]:
     """The client's call from its body: JSON, or (``kind`` its Content-Type) a multipart form."""
-    if is_multipart(kind):
-        assert kind is not None
+    if kind is not None and is_multipart(kind):
         return _parse_form(method, operation, deployment, query, raw, kind)
     try:
         body = json.loads(raw)
