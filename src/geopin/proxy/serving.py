@@ -195,6 +195,9 @@ def _worker(
 ) -> None:
     """A worker process: its own logging, its own application (built by the factory)."""
     os.environ[SUPERVISOR_ENV] = str(os.getppid())  # an admin reload reaches every worker
+    # Until its reloader takes SIGHUP over, a starting worker ignores it (it is loading the
+    # files anyway); the default action would kill it, and a death so early stops them all.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(**logging_options)
     try:
         GracefulServer(config, grace_s).run(sockets=sockets)
