@@ -103,6 +103,57 @@ def serve_plain_hop(port: int, upstream: str) -> None:
     )
 
 
+_FLOOR_DROPPED = _HOP_BY_HOP | {b"content-length"}
+
+
+def serve_asgi_floor(port: int, upstream: str) -> None:
+    """geopin's own stack with none of its work: uvicorn (uvloop, httptools) and a raw ASGI
+    callable that reads the body, sends it on geopin's pooled upstream client and relays the
+    answer chunk by chunk. No key, no location, no decision, no record, no telemetry: what is
+    left of geopin's added latency over this is geopin's own."""
+    import uvicorn
+
+    from geopin.proxy.forward import Origin, UpstreamClient, UpstreamRequest
+
+    host, upstream_port = upstream.removeprefix("http://").split(":")
+    origin = Origin("http", host, int(upstream_port))
+    client = UpstreamClient()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        # The client adds Host and Content-Length itself.
+        headers = [(k, v) for k, v in scope["headers"] if k not in _FLOOR_DROPPED]
+        target = scope["raw_path"].decode()
+        response = await client.send(
+            UpstreamRequest(origin, scope["method"], target, headers, body)
+        )
+        try:
+            out = [(k, v) for k, v in response.headers if k not in _HOP_BY_HOP]
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            while (chunk := await response.chunk()) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            response.close()
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+
+
 def serve_tcp_relay(port: int, upstream: str) -> None:
     """A byte splice, one upstream connection per client: the floor of any Python hop."""
     import asyncio
@@ -377,6 +428,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tcp-relay", action="store_true", help="also measure a raw asyncio byte relay"
     )
+    parser.add_argument(
+        "--asgi-floor",
+        action="store_true",
+        help="also measure geopin's stack doing none of geopin's work (uvicorn, a raw ASGI "
+        "callable, geopin's upstream client)",
+    )
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM proxy")
     parser.add_argument("--litellm-venv", type=Path, default=OUT / "litellm-venv")
     parser.add_argument(
@@ -437,6 +494,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--serve-plain-hop", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--serve-tcp-relay", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-asgi-floor", metavar="UPSTREAM", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -454,6 +512,11 @@ def _targets(args, upstream: str, cores: tuple[int, int], run_dir: Path) -> list
         command = [sys.executable, __file__, "--serve-tcp-relay", upstream, "--port", str(port)]
         process = start(command, core, run_dir / "tcp-relay.log")
         targets.append(Target("tcp-relay", f"http://127.0.0.1:{port}", process))
+    if args.asgi_floor:
+        port = free_port()
+        command = [sys.executable, __file__, "--serve-asgi-floor", upstream, "--port", str(port)]
+        process = start(command, core, run_dir / "asgi-floor.log")
+        targets.append(Target("asgi-floor", f"http://127.0.0.1:{port}", process))
     if args.litellm or args.litellm_region:
         litellm = _import("bench_litellm_target", BENCH / "litellm" / "target.py")
         variants = [
@@ -624,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.serve_tcp_relay:
         serve_tcp_relay(args.port, args.serve_tcp_relay)
+        return 0
+    if args.serve_asgi_floor:
+        serve_asgi_floor(args.port, args.serve_asgi_floor)
         return 0
     allowed = sorted(os.sched_getaffinity(0))
     cores = (allowed[0], allowed[1] if len(allowed) > 1 else allowed[0])

@@ -32,4 +32,4 @@ fi
 
 # LITELLM_LOCAL_MODEL_COST_MAP and the master key are set by bench/litellm/target.py.
 exec "$GEOPIN_PYTHON" "$REPO/bench/proxy_bench.py" \
-    --litellm-venv "$VENV" --litellm --litellm-region --plain-hop --tcp-relay "$@"
+    --litellm-venv "$VENV" --litellm --litellm-region --plain-hop --tcp-relay --asgi-floor "$@"
