@@ -57,10 +57,34 @@ loadgen = _import("bench_loadgen", BENCH / "loadgen.py")
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"upgrade", b"te"}
 
 
+async def _read_body(receive) -> bytes:
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
+def _serve_asgi(app, port: int) -> None:
+    """uvicorn as geopin runs it (uvloop, httptools), without lifespan or access log."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+
+
 def serve_plain_hop(port: int, upstream: str) -> None:
     """uvicorn + httpx pass-through: the same stack a Python router is built on."""
     import httpx
-    import uvicorn
 
     client = httpx.AsyncClient(
         base_url=upstream, timeout=30, limits=httpx.Limits(max_keepalive_connections=256)
@@ -69,11 +93,7 @@ def serve_plain_hop(port: int, upstream: str) -> None:
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await _read_body(receive)
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
         target = scope["raw_path"].decode() + (
             "?" + scope["query_string"].decode() if scope["query_string"] else ""
@@ -91,16 +111,7 @@ def serve_plain_hop(port: int, upstream: str) -> None:
         finally:
             await response.aclose()
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-    )
+    _serve_asgi(app, port)
 
 
 _FLOOR_DROPPED = _HOP_BY_HOP | {b"content-length"}
@@ -111,8 +122,6 @@ def serve_asgi_floor(port: int, upstream: str) -> None:
     callable that reads the body, sends it on geopin's pooled upstream client and relays the
     answer chunk by chunk. No key, no location, no decision, no record, no telemetry: what is
     left of geopin's added latency over this is geopin's own."""
-    import uvicorn
-
     from geopin.proxy.forward import Origin, UpstreamClient, UpstreamRequest
 
     host, upstream_port = upstream.removeprefix("http://").split(":")
@@ -122,11 +131,7 @@ def serve_asgi_floor(port: int, upstream: str) -> None:
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await _read_body(receive)
         # The client adds Host and Content-Length itself.
         headers = [(k, v) for k, v in scope["headers"] if k not in _FLOOR_DROPPED]
         target = scope["raw_path"].decode()
@@ -142,16 +147,7 @@ def serve_asgi_floor(port: int, upstream: str) -> None:
         finally:
             response.close()
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-    )
+    _serve_asgi(app, port)
 
 
 def serve_tcp_relay(port: int, upstream: str) -> None:
