@@ -473,7 +473,7 @@ _OTHER_ROUTER = textwrap.dedent(
         conn.execute("PRAGMA wal_autocheckpoint=0")  # as the router's writer: never checkpoints
         return conn
     conn = connect()
-    readers = [connect(), connect()]
+    readers = [connect(), connect()] if pin else []
     body, n = b"x" * 900, 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -536,14 +536,12 @@ def test_another_process_writing_all_the_time_cannot_make_the_wal_grow_without_e
     sizes, written = asyncio.run(main())
     assert written > 2000
     page = 4096
-    # Every commit adds at least a page to a WAL that is never emptied (the control shows it).
-    unbounded = written * page
     if force:  # emptied again and again (how soon after the threshold depends on the CPU)
         emptied = sum(later < earlier for earlier, later in itertools.pairwise(sizes))
         assert emptied >= 2, sizes
         assert min(sizes[len(sizes) // 2 :]) < forced_at * page, sizes
-    else:  # the PASSIVE rounds alone: it only grows
-        assert sizes == sorted(sizes) and sizes[-1] > unbounded, (sizes, unbounded)
+    else:  # the PASSIVE rounds alone: it only grows, by at least a page a commit
+        assert sizes == sorted(sizes) and sizes[-1] > written * page, (sizes, written)
     with engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(pending)) == written
     engine.dispose()
