@@ -294,6 +294,245 @@ def test_unknown_route_is_404(client):
     assert client.post("/v2/anything", json={}).json()["error"]["code"] == "no_route"
 
 
+# ---- the object API: files and stored responses -------------------------------------------
+
+FILE_BYTES = b"line one\r\nline two\r\n--not-a-boundary\r\n" + bytes(range(256)) + b"\r\n"
+
+
+def upload(http: httpx.Client, content: bytes = FILE_BYTES, purpose: str = "batch", name="a.jsonl"):
+    return http.post("/v1/files", data={"purpose": purpose}, files={"file": (name, content)})
+
+
+def no_such_file(ident: str) -> dict:
+    return {
+        "error": {
+            "message": f"No such File object: {ident}",
+            "type": "invalid_request_error",
+            "param": "id",
+            "code": None,
+        }
+    }
+
+
+def test_an_uploaded_file_reads_back_as_its_object_and_identical_bytes(client):
+    response = upload(client)
+
+    assert response.status_code == 200 and response.headers["x-mock-region"] == "eu-west"
+    stored = response.json()
+    assert stored["id"].startswith("file-eu-west-")
+    assert stored["object"] == "file" and stored["region"] == "eu-west"
+    assert (stored["bytes"], stored["filename"], stored["purpose"]) == (
+        len(FILE_BYTES),
+        "a.jsonl",
+        "batch",
+    )
+    assert isinstance(stored["created_at"], int)
+    seen = client.get("/_mock/last-request").json()["request"]
+    assert (seen["method"], seen["path"]) == ("POST", "/v1/files")
+    assert seen["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+
+    again = client.get(f"/v1/files/{stored['id']}?trace=1")
+    content = client.get(f"/v1/files/{stored['id']}/content")
+
+    assert again.status_code == 200 and again.json() == stored
+    assert content.status_code == 200 and content.content == FILE_BYTES
+    assert content.headers["content-type"] == "application/octet-stream"
+    assert content.headers["x-mock-region"] == "eu-west"
+    seen = client.get("/_mock/last-request").json()["request"]
+    assert (seen["method"], seen["path"]) == ("GET", f"/v1/files/{stored['id']}/content")
+    assert client.get("/_mock/last-request").json()["requests"] == 3
+
+
+def test_a_hand_written_form_with_quoted_boundary_and_preamble_is_read(client):
+    body = (
+        b"a preamble to ignore\r\n"
+        b"--b;x\r\n"
+        b'Content-Disposition: form-data; name="purpose"\r\n\r\n'
+        b"fine-tune\r\n"
+        b"--b;x\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="semi;colon \\"q\\".txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\n"
+        b"\r\n--b;\r\n\r\n"
+        b"--b;x--\r\nan epilogue\r\n"
+    )
+    headers = {"content-type": 'multipart/form-data; boundary="b;x"'}
+    stored = client.post("/v1/files", content=body, headers=headers).json()
+
+    assert stored["filename"] == 'semi;colon "q".txt' and stored["purpose"] == "fine-tune"
+    assert client.get(f"/v1/files/{stored['id']}/content").content == b"\r\n--b;\r\n"
+    assert stored["bytes"] == 8
+
+
+def test_files_list_filters_by_purpose_and_a_deleted_file_is_gone(client):
+    batch = upload(client, b"one", "batch").json()
+    tuning = upload(client, b"two", "fine-tune").json()
+
+    listed = client.get("/v1/files").json()
+    filtered = client.get("/v1/files", params={"purpose": "fine-tune"}).json()
+    deleted = client.delete(f"/v1/files/{batch['id']}")
+
+    assert listed["object"] == "list" and listed["region"] == "eu-west"
+    assert listed["data"] == [batch, tuning]
+    assert filtered["data"] == [tuning]
+    assert deleted.status_code == 200
+    assert deleted.json() == {"id": batch["id"], "object": "file", "deleted": True,
+                              "region": "eu-west"}  # fmt: skip
+    for method, path in (
+        ("GET", f"/v1/files/{batch['id']}"),
+        ("GET", f"/v1/files/{batch['id']}/content"),
+        ("DELETE", f"/v1/files/{batch['id']}"),
+    ):
+        gone = client.request(method, path)
+        assert gone.status_code == 404 and gone.json() == no_such_file(batch["id"])
+        assert gone.headers["x-mock-region"] == "eu-west"
+    assert client.get("/v1/files").json()["data"] == [tuning]
+
+
+def test_a_second_mock_does_not_know_the_first_ones_ids(client):
+    first = upload(client).json()
+    answer = client.post("/v1/responses", json={"model": "gpt-4o", "input": "x"}).json()
+    with serve_in_thread("eu-west") as twin, httpx.Client(base_url=twin.url) as other:
+        unknown = other.get(f"/v1/files/{first['id']}")
+        unknown_answer = other.get(f"/v1/responses/{answer['id']}")
+        own = upload(other).json()
+        own_answer = other.post("/v1/responses", json={"model": "gpt-4o", "input": "x"}).json()
+
+    assert unknown.status_code == 404 and unknown.json() == no_such_file(first["id"])
+    assert unknown_answer.status_code == 404
+    assert own["id"] != first["id"] and own_answer["id"] != answer["id"]
+    assert client.get(f"/v1/files/{own['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "code"),
+    [
+        ("application/json", b'{"purpose": "batch"}', "invalid_multipart"),
+        ("multipart/form-data", b"--x\r\n", "invalid_multipart"),
+        ("multipart/form-data; boundary=x", b"no boundary line here", "invalid_multipart"),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc',
+            "invalid_multipart",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"\r\nabc\r\n--x--\r\n',
+            "invalid_multipart",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\nContent-Type: text/plain\r\n\r\nabc\r\n--x--\r\n",
+            "invalid_multipart",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--x--\r\n',
+            "missing_file",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc\r\n--x--\r\n',
+            "missing_file",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+            b"abc\r\n--x--\r\n",
+            "missing_purpose",
+        ),
+    ],
+)
+def test_a_malformed_upload_gets_400_and_the_mock_keeps_serving(client, content_type, body, code):
+    response = client.post("/v1/files", content=body, headers={"content-type": content_type})
+
+    assert response.status_code == 400 and response.headers["x-mock-region"] == "eu-west"
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == code
+    assert set(error) == {"message", "type", "param", "code"}
+    assert client.get("/v1/files").json()["data"] == []
+    assert upload(client).status_code == 200
+
+
+def test_a_stored_response_reads_back_until_deleted(client):
+    body = {"model": "gpt-4o", "input": [{"role": "user", "content": "two words"}]}
+    created = client.post("/v1/responses", json=body)
+
+    assert created.status_code == 200 and created.headers["x-mock-region"] == "eu-west"
+    answer = created.json()
+    assert answer["id"].startswith("resp_eu-west_")
+    assert (answer["object"], answer["model"], answer["region"]) == (
+        "response",
+        "gpt-4o",
+        "eu-west",
+    )
+    (message,) = answer["output"]
+    assert (message["type"], message["role"]) == ("message", "assistant")
+    assert message["content"][0]["type"] == "output_text"
+    assert message["content"][0]["text"].startswith("[eu-west] ")
+    assert answer["usage"] == {"input_tokens": 2, "output_tokens": 4, "total_tokens": 6}
+
+    stored = client.get(f"/v1/responses/{answer['id']}")
+    deleted = client.delete(f"/v1/responses/{answer['id']}")
+    gone = client.get(f"/v1/responses/{answer['id']}")
+    deleted_again = client.delete(f"/v1/responses/{answer['id']}")
+
+    assert stored.status_code == 200 and stored.json() == answer
+    assert deleted.json() == {"id": answer["id"], "object": "response", "deleted": True,
+                              "region": "eu-west"}  # fmt: skip
+    assert gone.status_code == 404 and deleted_again.status_code == 404
+    error = gone.json()["error"]
+    assert error["type"] == "invalid_request_error" and answer["id"] in error["message"]
+    seen = client.get("/_mock/last-request").json()["request"]
+    assert (seen["method"], seen["path"]) == ("DELETE", f"/v1/responses/{answer['id']}")
+
+
+def test_responses_need_a_model_are_whole_and_store_false_is_not_kept(client):
+    unstored = client.post("/v1/responses", json={"model": "m", "input": "x", "store": False})
+    no_model = client.post("/v1/responses", json={"input": "x"})
+    streamed = client.post("/v1/responses", json={"model": "m", "input": "x", "stream": True})
+
+    assert unstored.status_code == 200
+    assert client.get(f"/v1/responses/{unstored.json()['id']}").status_code == 404
+    assert no_model.status_code == 400 and no_model.json()["error"]["code"] == "missing_model"
+    assert streamed.status_code == 400
+    assert streamed.json()["error"]["code"] == "unsupported_stream"
+    assert streamed.json()["error"]["param"] == "stream"
+
+
+def test_reset_empties_the_object_store(client):
+    stored = upload(client).json()
+    answer = client.post("/v1/responses", json={"model": "m", "input": "x"}).json()
+
+    assert client.post("/_mock/reset").status_code == 200
+
+    assert client.get("/v1/files").json()["data"] == []
+    assert client.get(f"/v1/files/{stored['id']}").status_code == 404
+    assert client.get(f"/v1/files/{stored['id']}/content").status_code == 404
+    assert client.get(f"/v1/responses/{answer['id']}").status_code == 404
+    assert upload(client).json()["id"] != stored["id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/v1/files"),
+        ("DELETE", "/v1/files"),
+        ("POST", "/v1/files/file-x"),
+        ("DELETE", "/v1/files/file-x/content"),
+        ("GET", "/v1/files/file-x/other"),
+        ("GET", "/v1/files/"),
+        ("GET", "/v1/responses"),
+        ("PATCH", "/v1/responses/resp_x"),
+        ("GET", "/v1/responses/resp_x/input_items"),
+    ],
+)
+def test_unserved_methods_and_paths_of_the_object_api_are_no_route(client, method, path):
+    response = client.request(method, path)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "no_route"
+
+
 # ---- running it ---------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 No framework routing: it is the baseline in benchmarks, so each request costs one dict
 lookup, one JSON parse and one JSON dump. Every answer names the region that served it.
+Calls that name no model (the Files API, stored responses) reach an in-memory object store.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from geopin.mock import payloads
+from geopin.mock.objects import MultipartError, ObjectStore, parse_form
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -24,6 +26,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-sonnet-latest")
 _AZURE_PREFIX = "/openai/deployments/"
+_OBJECT_PREFIXES = (("/v1/files/", "file"), ("/v1/responses/", "response"))
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class MockState:
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str, code: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.param = param
 
 
 class MockUpstream:
@@ -69,6 +73,7 @@ class MockUpstream:
         self.region = region
         self.options = options
         self.state = MockState(rng=random.Random(options.seed))
+        self.store = ObjectStore(region)
         self._region_header = (b"x-mock-region", region.encode())
         self._latency = options.latency_ms / 1000
         self._chunk_delay = options.chunk_delay_ms / 1000
@@ -77,7 +82,17 @@ class MockUpstream:
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
             ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/responses"): self._responses,
             ("GET", "/v1/models"): self._models,
+        }
+        self._object_routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
+            ("GET", "files"): self._list_files,
+            ("POST", "files"): self._upload_file,
+            ("GET", "file"): self._file,
+            ("DELETE", "file"): self._delete_file,
+            ("GET", "file content"): self._file_content,
+            ("GET", "response"): self._stored_response,
+            ("DELETE", "response"): self._delete_response,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,7 +122,7 @@ class MockUpstream:
             return
         handler, deployment = self._route(method, path, scope)
         if handler is None:
-            await self._error(send, 404, f"no route for {method} {path}", "not_found", "no_route")
+            await self._objects(method, path, scope, body, send)
             return
         try:
             request = _parse_json(body)
@@ -115,7 +130,24 @@ class MockUpstream:
                 await asyncio.sleep(self._latency)
             await handler(request, send, deployment)
         except _BadRequest as exc:
-            await self._error(send, 400, str(exc), "invalid_request_error", exc.code, anthropic)
+            await self._error(
+                send, 400, str(exc), "invalid_request_error", exc.code, anthropic, exc.param
+            )
+
+    async def _objects(self, method: str, path: str, scope: Scope, body: bytes, send: Send) -> None:
+        kind, ident = _object_path(path)
+        handler = self._object_routes.get((method, kind))
+        if handler is None:
+            await self._error(send, 404, f"no route for {method} {path}", "not_found", "no_route")
+            return
+        try:
+            if self._latency:
+                await asyncio.sleep(self._latency)
+            await handler(scope, body, send, ident)
+        except _BadRequest as exc:
+            await self._error(
+                send, 400, str(exc), "invalid_request_error", exc.code, param=exc.param
+            )
 
     def _route(self, method: str, path: str, scope: Scope) -> tuple[Any, str | None]:
         handler = self._routes.get((method, path))
@@ -174,6 +206,18 @@ class MockUpstream:
             )
         await self._json(send, 200, payloads.embeddings(self.region, model, inputs, dimensions))
 
+    async def _responses(self, body: dict, send: Send, deployment: str | None) -> None:
+        model = _model(body, deployment)
+        if body.get("stream"):
+            message = "the mock answers responses whole, not streamed"
+            raise _BadRequest(message, "unsupported_stream", "stream")
+        ident = self.store.new_id("resp", "_")
+        pieces = payloads.answer_pieces(self.region, model, self.options.stream_chunks)
+        answer = payloads.response(self.region, ident, model, body, pieces)
+        if body.get("store") is not False:
+            self.store.responses[ident] = answer
+        await self._json(send, 200, answer)
+
     async def _models(self, body: dict, send: Send, deployment: str | None) -> None:
         await self._json(send, 200, payloads.model_list(self.region, self.options.models))
 
@@ -187,6 +231,77 @@ class MockUpstream:
             await self._stream(send, stream(self.region, ident, model, body, pieces))
         else:
             await self._json(send, 200, whole(self.region, ident, model, body, pieces))
+
+    # ---- object endpoints --------------------------------------------------------------
+
+    async def _upload_file(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        try:
+            parts = parse_form(_header(scope, b"content-type"), body)
+        except MultipartError as exc:
+            raise _BadRequest(str(exc), "invalid_multipart") from None
+        fields = {part.name: part for part in reversed(parts)}
+        file, purpose = fields.get("file"), fields.get("purpose")
+        if file is None or file.filename is None:
+            message = "'file' is required, as a form part with a filename"
+            raise _BadRequest(message, "missing_file", "file")
+        if purpose is None or purpose.filename is not None or not purpose.content:
+            raise _BadRequest("'purpose' is required", "missing_purpose", "purpose")
+        answer = payloads.file_object(
+            self.region,
+            self.store.new_id("file"),
+            file.filename,
+            purpose.content.decode("utf-8", "replace"),
+            len(file.content),
+        )
+        self.store.add_file(answer, file.content)
+        await self._json(send, 200, answer)
+
+    async def _list_files(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        purpose = query.get("purpose")
+        files = [f for f in self.store.files.values() if purpose in (None, f["purpose"])]
+        await self._json(send, 200, payloads.object_list(self.region, files))
+
+    async def _file(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        file = self.store.files.get(ident)
+        if file is None:
+            await self._no_such_file(send, ident)
+        else:
+            await self._json(send, 200, file)
+
+    async def _file_content(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        content = self.store.contents.get(ident)
+        if content is None:
+            await self._no_such_file(send, ident)
+        else:
+            await self._octets(send, content)
+
+    async def _delete_file(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        if self.store.delete_file(ident):
+            await self._json(send, 200, payloads.deleted(self.region, ident, "file"))
+        else:
+            await self._no_such_file(send, ident)
+
+    async def _stored_response(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        answer = self.store.responses.get(ident)
+        if answer is None:
+            await self._no_such_response(send, ident)
+        else:
+            await self._json(send, 200, answer)
+
+    async def _delete_response(self, scope: Scope, body: bytes, send: Send, ident: str) -> None:
+        if self.store.responses.pop(ident, None) is None:
+            await self._no_such_response(send, ident)
+        else:
+            await self._json(send, 200, payloads.deleted(self.region, ident, "response"))
+
+    async def _no_such_file(self, send: Send, ident: str) -> None:
+        message = f"No such File object: {ident}"
+        await self._error(send, 404, message, "invalid_request_error", None, param="id")
+
+    async def _no_such_response(self, send: Send, ident: str) -> None:
+        message = f"Response with id '{ident}' not found."
+        await self._error(send, 404, message, "invalid_request_error", None)
 
     # ---- control endpoints -------------------------------------------------------------
 
@@ -206,6 +321,7 @@ class MockUpstream:
             await self._json(send, 200, {"region": self.region, "failing": False})
         elif path == "/_mock/reset" and method == "POST":
             state.failing, state.requests, state.last = False, 0, None
+            self.store.clear()
             await self._json(send, 200, {"region": self.region, "failing": False})
         else:
             await self._error(send, 404, f"no route for {method} {path}", "not_found", "no_route")
@@ -255,6 +371,20 @@ class MockUpstream:
         )
         await send({"type": "http.response.body", "body": data})
 
+    async def _octets(self, send: Send, data: bytes) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(len(data)).encode()),
+                    self._region_header,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
     async def _stream(self, send: Send, events: list[bytes]) -> None:
         await send(
             {
@@ -274,12 +404,12 @@ class MockUpstream:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _error(self, send, status, message, type_, code, anthropic=False) -> None:
+    async def _error(self, send, status, message, type_, code, anthropic=False, param=None) -> None:
         if anthropic:
             anthropic_type = "api_error" if status >= 500 else type_
             await self._json(send, status, payloads.anthropic_error(message, anthropic_type))
         else:
-            await self._json(send, status, payloads.openai_error(message, type_, code))
+            await self._json(send, status, payloads.openai_error(message, type_, code, param))
 
 
 def create_app(region: str, **options: Any) -> MockUpstream:
@@ -294,6 +424,24 @@ def _model(body: dict, deployment: str | None) -> str:
     if not isinstance(model, str) or not model:
         raise _BadRequest("you must provide a model parameter", "missing_model")
     return model
+
+
+def _object_path(path: str) -> tuple[str, str]:
+    """``(kind, id)`` of an object API path, or ``("", "")`` for any other path."""
+    if path == "/v1/files":
+        return "files", ""
+    for prefix, kind in _OBJECT_PREFIXES:
+        if path.startswith(prefix):
+            ident, slash, rest = path[len(prefix) :].partition("/")
+            if ident and not slash:
+                return kind, ident
+            if ident and kind == "file" and rest == "content":
+                return "file content", ident
+    return "", ""
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), "")
 
 
 def _parse_json(body: bytes) -> dict:

@@ -51,8 +51,10 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return max(tokens, 1)
 
 
-def openai_error(message: str, type_: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+def openai_error(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def anthropic_error(message: str, type_: str) -> dict[str, Any]:
@@ -176,6 +178,54 @@ def model_list(region: str, models: tuple[str, ...]) -> dict:
             for name in models
         ],
     }
+
+
+def response(region: str, ident: str, model: str, body: dict, pieces: list[str]) -> dict:
+    """A completed Responses API object with one assistant message."""
+    prompt = max(count_tokens(body.get("input")) + count_tokens(body.get("instructions")), 1)
+    text = {"type": "output_text", "text": "".join(pieces), "annotations": []}
+    message = {
+        "type": "message",
+        "id": "msg_" + ident.removeprefix("resp_"),
+        "status": "completed",
+        "role": "assistant",
+        "content": [text],
+    }
+    return {
+        "id": ident,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": model,
+        "region": region,
+        "output": [message],
+        "usage": {
+            "input_tokens": prompt,
+            "output_tokens": len(pieces),
+            "total_tokens": prompt + len(pieces),
+        },
+    }
+
+
+def file_object(region: str, ident: str, filename: str, purpose: str, size: int) -> dict:
+    return {
+        "id": ident,
+        "object": "file",
+        "bytes": size,
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "region": region,
+    }
+
+
+def object_list(region: str, objects: list[dict]) -> dict:
+    return {"object": "list", "data": objects, "has_more": False, "region": region}
+
+
+def deleted(region: str, ident: str, object_: str) -> dict:
+    return {"id": ident, "object": object_, "deleted": True, "region": region}
 
 
 def anthropic_message(region: str, ident: str, model: str, body: dict, pieces: list[str]) -> dict:
