@@ -366,3 +366,13 @@ def test_schema_rejects_what_the_loader_rejects() -> None:
     assert not validator.is_valid({"endpoints": [{"id": "x"}]})
     assert not validator.is_valid({"rules": [{"id": "r", "process_in": "DE"}]})
     assert validator.is_valid({"rules": [{"id": "r", "from": ["DE"], "process_in": ["DE"]}]})
+
+
+def test_explain_a_call_naming_no_model() -> None:
+    result = _explain("--country", "DE", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["request"]["model"] is None and data["action"] == "route"
+    assert all(c["upstream_model"] is None for c in data["candidates"])
+    text = _explain("--country", "CN")
+    assert "model none named" in text.output and "DENY (rule_deny)" in text.output

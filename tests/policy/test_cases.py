@@ -198,3 +198,21 @@ def test_case_files_are_the_yaml_files_under_tests_in_order(tmp_path: Path) -> N
         write_text(tmp_path / "tests", "cases: []\n", name)
     assert [p.name for p in case_files(tmp_path)] == ["a.yml", "b.yaml"]
     assert not run_cases(make_policy(), case_files(tmp_path)).ok  # no cases at all
+
+
+def test_a_case_for_a_call_naming_no_model_says_so_with_null(tmp_path: Path) -> None:
+    report = _run(
+        tmp_path,
+        """
+        cases:
+          - note: uploads from France go to any EEA endpoint, whatever it serves
+            request: {country: FR, model: null}
+            expect: {action: route, candidates: [de-regional, se-regional, nl-edge, fr-central]}
+          - note: wrong on purpose
+            request: {country: FR, model: null}
+            expect: {action: route, candidates: [de-regional]}
+        """,
+    )
+    assert report.problems == []
+    assert report.results[0].failures == []
+    assert report.results[1].failures != []

@@ -499,3 +499,35 @@ def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         decide(policy, make_context(country))
         assert len(policy.cache) <= 3
     assert decide(policy, make_context("IE")) is decide(policy, make_context("IE"))
+
+
+def test_a_call_naming_no_model_is_decided_under_every_models_rules() -> None:
+    policy = make_policy(
+        rules=[
+            rule("eea", from_=["EEA"], process_in=["EEA"]),
+            rule("gpt-in-de", from_=["FR"], models=["gpt-*"], process_in=["DE"]),
+            rule("small-not-from-ie", from_=["IE"], models=["small"], deny=True, reason="no"),
+        ]
+    )
+    unnamed = decide(policy, make_context("FR", model=None))
+    assert unnamed.rule_ids == ("eea", "gpt-in-de") and unnamed.permitted == ("DE",)
+    # Its candidates are the permitted endpoints whatever they serve, in the default tier's order.
+    assert [e.id for e in unnamed.candidates] == ["de-regional"]
+    assert decide(policy, make_context("FR", model="small")).permitted != ("DE",)
+    # From Ireland the small model is refused, so a call naming no model is too.
+    assert decide(policy, make_context("IE")).routed
+    refused = decide(policy, make_context("IE", model=None))
+    assert (refused.deny_code, refused.deny_rule) == (DenyCode.RULE, "small-not-from-ie")
+    everywhere = decide(policy, make_context("SE", model=None))
+    # Every EEA endpoint but ie-zone, which may also process in Switzerland.
+    eea = {"de-regional", "se-regional", "fr-central", "nl-edge"}
+    assert {e.id for e in everywhere.candidates} == eea
+
+
+def test_a_call_naming_no_model_meets_no_match_when_one_models_call_would() -> None:
+    policy = make_policy(rules=[rule("gpt-in-se", models=["gpt-4o"], process_in=["SE"])])
+    # gpt-4o's call meets gpt-in-se, small's meets no rule and so the no_match default: a call
+    # naming no model is under both, and only Sweden is in both.
+    unnamed = decide(policy, make_context("US", model=None))
+    assert unnamed.rule_ids == ("defaults.no_match", "gpt-in-se")
+    assert unnamed.permitted == ("SE",) and [e.id for e in unnamed.candidates] == ["se-regional"]

@@ -339,3 +339,35 @@ def test_an_unknown_location_is_always_denied_when_the_policy_says_so(
             if decision.deny_code is not DenyCode.UNKNOWN_MODEL:
                 assert decision.deny_code is DenyCode.RULE
                 assert "defaults.unknown_location" in decision.rule_ids
+
+
+@SETTINGS
+@given(policies())
+def test_a_call_naming_no_model_goes_only_where_a_call_naming_any_model_could(
+    data: dict[str, Any],
+) -> None:
+    policy = load_data(data)
+    for ctx in GRID:
+        if ctx.model != MODELS[0]:
+            continue  # the grid's other models repeat the same contexts
+        unnamed = decide(policy, replace(ctx, model=None))
+        assert unnamed.deny_code is not DenyCode.UNKNOWN_MODEL
+        for model in sorted(policy.models):
+            named = decide(policy, replace(ctx, model=model))
+            if named.deny_code in (DenyCode.RULE, DenyCode.NO_PERMITTED_PLACE):
+                # Any model's deny denies it, and an empty intersection stays empty.
+                assert unnamed.action is Action.DENY, (model, named.reason, unnamed.reason)
+                continue
+            if unnamed.routed and named.permitted != ("*",):
+                for code in unnamed.permitted:
+                    assert _within(set(named.permitted), code[:2], code if "-" in code else None)
+        if unnamed.routed:
+            compliant = [e.id for e in policy.endpoints.values()
+                         if _processes_within(e, unnamed.permitted)]  # fmt: skip
+            assert sorted(e.id for e in unnamed.candidates) == sorted(compliant)
+        elif unnamed.deny_code is DenyCode.RULE:
+            # A deny some model's call meets, and only then.
+            assert any(
+                decide(policy, replace(ctx, model=m)).deny_code is DenyCode.RULE
+                for m in policy.models
+            )

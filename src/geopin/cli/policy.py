@@ -78,7 +78,7 @@ def validate(directory: str, fmt: str, strict: bool) -> None:
 @click.option("--subdivision", help="Client subdivision (ISO 3166-2, e.g. CA-QC).")
 @click.option("--unknown", "unknown_location", is_flag=True, help="An unknown location.")
 @click.option("--tenant")
-@click.option("--model", required=True)
+@click.option("--model", help="The model the call names (omitted: a call that names none).")
 @click.option("--data-class")
 @click.option("--geoip-db", type=click.Path(dir_okay=False), help="A MaxMind .mmdb file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -89,7 +89,7 @@ def explain(
     subdivision: str | None,
     unknown_location: bool,
     tenant: str | None,
-    model: str,
+    model: str | None,
     data_class: str | None,
     geoip_db: str | None,
     as_json: bool,

@@ -18,8 +18,9 @@ def render_explanation(data: dict, policy) -> str:
     data_class = req["effective_data_class"] or "-"
     if req["data_class"] is None and data_class != "-":
         data_class += " (policy default)"
+    model = req["model"] or "none named (decided as under every model of the catalogue)"
     lines.append(
-        f"Request    model {req['model']}, tenant {req['tenant'] or '-'}, data class {data_class}"
+        f"Request    model {model}, tenant {req['tenant'] or '-'}, data class {data_class}"
     )
     if data["action"] == "route":
         first = data["candidates"][0]
@@ -43,9 +44,10 @@ def render_explanation(data: dict, policy) -> str:
         lines.append("Candidates (in failover order; equal rank = equally preferred)")
         for i, c in enumerate(data["candidates"], 1):
             place = c["subdivision"] or c["country"]
+            served = f"  model {c['upstream_model']}" if c["upstream_model"] else ""
             lines.append(
                 f"  {i}. {c['endpoint']}  rank {c['rank']}  {place}  {c['tier']}  "
-                f"priority {c['priority']}  model {c['upstream_model']}"
+                f"priority {c['priority']}{served}"
             )
     if data["excluded"]:
         lines.append("Excluded")

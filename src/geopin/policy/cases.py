@@ -32,7 +32,9 @@ class CaseRequest(_Strict):
     subdivision: str | None = None
     ip: str | None = None
     unknown: bool = False
-    model: str
+    model: str | None = Field(
+        description="The model the call names; null for a call that names none (files)."
+    )
     tenant: str | None = None
     data_class: str | None = None
 

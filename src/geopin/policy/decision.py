@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from geopin.geo.location import Location
-from geopin.policy.places import PlaceSet
+from geopin.policy.places import ANYWHERE, PlaceSet
 
 
 class Action(StrEnum):
@@ -85,7 +85,7 @@ class RequestContext:
     """The facts a decision is made from. Built by the proxy, the CLI or a policy test case."""
 
     location: Location
-    model: str
+    model: str | None  # None: a call that names no model (the Files API, a stored response)
     tenant: str | None = None
     data_class: str | None = None
 
@@ -126,3 +126,12 @@ class Decision:
     @property
     def rule_ids(self) -> tuple[str, ...]:
         return tuple(m.rule_id for m in self.matched)
+
+    def permitted_places(self) -> PlaceSet:
+        """``permitted`` as a place set again."""
+        if self.permitted == ("*",):
+            return ANYWHERE
+        return PlaceSet(
+            frozenset(c for c in self.permitted if len(c) == 2),
+            frozenset(c for c in self.permitted if len(c) > 2),
+        )

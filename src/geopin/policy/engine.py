@@ -9,10 +9,16 @@ Semantics (docs/policy-language.md states them for authors):
 - ``defaults.unknown_location`` applies whenever the location is unknown; ``defaults.no_match``
   applies when no rule matches the request as it would be without a declared class and without
   its tenant's own rules, and without it such a request is denied (fail closed). So neither a
-  declared class nor a tenant's rules can escape to a looser default: they only narrow.
+  declared class nor a tenant's rules can escape to a looser default: they only narrow;
+- a call that names no model (``RequestContext.model`` None: the Files API, a stored response)
+  is decided under every rule that applies to the same request naming any model of the
+  catalogue, so it may go only where a call naming any one of them could, and any model's deny
+  denies it; its candidates are the permitted endpoints whatever models they serve.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from geopin.geo.location import Location
 from geopin.policy.compile import NO_MATCH_RULE, CompiledPolicy, CompiledRule
@@ -73,7 +79,21 @@ def rule_matches(rule: CompiledRule, ctx: RequestContext, classes: frozenset[str
 
 
 def matching_rules(policy: CompiledPolicy, ctx: RequestContext) -> list[CompiledRule]:
-    """Every rule that applies to ``ctx``, defaults included, sorted by id."""
+    """Every rule that applies to ``ctx``, defaults included, sorted by id.
+
+    For a call that names no model: every rule that applies to it naming any model the
+    catalogue serves (so their places intersect and any of their denies wins).
+    """
+    if ctx.model is None and policy.serving:
+        found: dict[str, CompiledRule] = {}
+        for model in policy.serving:
+            for rule in _matching_rules(policy, replace(ctx, model=model)):
+                found.setdefault(rule.id, rule)
+        return sorted(found.values(), key=lambda r: r.id)
+    return _matching_rules(policy, ctx)
+
+
+def _matching_rules(policy: CompiledPolicy, ctx: RequestContext) -> list[CompiledRule]:
     base = frozenset({policy.default_data_class} if policy.default_data_class else ())
     full = base | {ctx.data_class} if ctx.data_class else base
     # What the policy itself says; a declared class and a tenant's own rules only add to it.
@@ -88,9 +108,13 @@ def matching_rules(policy: CompiledPolicy, ctx: RequestContext) -> list[Compiled
 
 def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
     """The decision, computed afresh (``decide`` memoises it)."""
-    prefer = policy.prefer_tier.get(ctx.model, policy.default_tier)
+    prefer = policy.default_tier
+    if ctx.model is not None:
+        prefer = policy.prefer_tier.get(ctx.model, prefer)
     data_class = ctx.data_class or policy.default_data_class
-    serving = policy.serving.get(ctx.model)
+    serving = (
+        tuple(policy.endpoints.values()) if ctx.model is None else policy.serving.get(ctx.model)
+    )
     if serving is None:
         return Decision(
             action=Action.DENY,
@@ -154,7 +178,7 @@ def evaluate(policy: CompiledPolicy, ctx: RequestContext) -> Decision:
             candidates=(),
             candidate_ranks=(),
             matched=matched,
-            reason=f"no endpoint serving '{ctx.model}' processes in a permitted place "
+            reason=f"no endpoint{_serving(ctx.model)} processes in a permitted place "
             f"({_short(codes)})",
             legal_basis=legal,
             deny_code=DenyCode.NO_COMPLIANT_ENDPOINT,
@@ -206,6 +230,10 @@ def rank_candidates(
         else:
             ranks.append(ranks[-1])
     return tuple(e for _, _, e in keyed), tuple(ranks)
+
+
+def _serving(model: str | None) -> str:
+    return "" if model is None else f" serving '{model}'"
 
 
 def _join(texts) -> str | None:

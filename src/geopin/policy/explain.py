@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from geopin.policy.compile import CompiledPolicy, CompiledRule
 from geopin.policy.decision import Decision, RequestContext
 from geopin.policy.engine import evaluate, matching_rules
-from geopin.policy.places import ANYWHERE, PlaceSet
 from geopin.policy.places_iso import country_name, subdivision_name
 
 
@@ -68,7 +67,9 @@ class Explanation:
                     "subdivision": e.subdivision,
                     "tier": str(e.tier),
                     "priority": e.priority,
-                    "upstream_model": e.models.get(self.context.model),
+                    "upstream_model": (
+                        e.models.get(self.context.model) if self.context.model else None
+                    ),
                 }
                 for e, rank in zip(d.candidates, d.candidate_ranks, strict=True)
             ],
@@ -120,7 +121,9 @@ def _why_not(policy: CompiledPolicy, rule: CompiledRule, ctx: RequestContext) ->
         return f"only for tenant '{rule.owner}'"
     if rule.tenants is not None and ctx.tenant not in rule.tenants:
         return "tenant not in " + ", ".join(sorted(rule.tenants))
-    if rule.models is not None and ctx.model not in rule.models:
+    if rule.models is not None and ctx.model is None and not rule.models:
+        return "its models match no model of the catalogue"
+    if rule.models is not None and ctx.model is not None and ctx.model not in rule.models:
         return f"model '{ctx.model}' not matched"
     if rule.data_classes is not None:
         classes = {c for c in (policy.default_data_class, ctx.data_class) if c}
@@ -137,11 +140,11 @@ def _why_not(policy: CompiledPolicy, rule: CompiledRule, ctx: RequestContext) ->
 
 def _exclusions(policy: CompiledPolicy, ctx: RequestContext, decision: Decision):
     chosen = {e.id for e in decision.candidates}
-    permitted = _permitted(decision)
+    permitted = decision.permitted_places()
     for endpoint in policy.endpoints.values():
         if endpoint.id in chosen:
             continue
-        if ctx.model not in endpoint.models:
+        if ctx.model is not None and ctx.model not in endpoint.models:
             reason = f"does not serve '{ctx.model}'"
         elif decision.deny_code is not None and not decision.permitted:
             reason = f"the request is denied ({decision.deny_code})"
@@ -156,12 +159,3 @@ def _exclusions(policy: CompiledPolicy, ctx: RequestContext, decision: Decision)
             ]
             reason = f"may also process in {', '.join(outside)}, which is not permitted"
         yield Exclusion(endpoint.id, reason)
-
-
-def _permitted(decision: Decision) -> PlaceSet:
-    if decision.permitted == ("*",):
-        return ANYWHERE
-    return PlaceSet(
-        frozenset(c for c in decision.permitted if len(c) == 2),
-        frozenset(c for c in decision.permitted if len(c) > 2),
-    )

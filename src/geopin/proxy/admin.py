@@ -36,7 +36,7 @@ class ExplainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: str | None = Field(None, description="Omitted: a call that names no model (files)")
     country: str | None = Field(None, description="ISO 3166-1 alpha-2, e.g. DE")
     subdivision: str | None = Field(None, description="ISO 3166-2, e.g. CA-QC")
     ip: str | None = Field(None, description="A client address, located with the GeoIP data")
