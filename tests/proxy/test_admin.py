@@ -76,7 +76,10 @@ def test_explain_a_hypothetical_request(router):
     ).json()
     assert routed["location"]["country"] == "GB"
     assert routed["candidates"] == []  # GB falls to the default (US): nothing serves there
-    bad = router.admin("POST", "/_geopin/explain", json={"country": "SE"})
+    unnamed = router.admin("POST", "/_geopin/explain", json={"country": "SE"}).json()
+    assert unnamed["request"]["model"] is None and unnamed["action"] == "route"
+    assert [c["endpoint"] for c in unnamed["candidates"]] == ["eu-se"]
+    bad = router.admin("POST", "/_geopin/explain", json={"country": "SE", "model": 7})
     _assert_error_shape(bad, 400, "invalid_request")
     assert bad.json()["error"]["param"] == "model"
 
@@ -95,7 +98,7 @@ def test_rules_endpoints_and_openapi(router):
 def test_proxy_errors_share_the_shape(router):
     _assert_error_shape(httpx.get(router.url + "/nowhere"), 404, "not_found")
     _assert_error_shape(
-        httpx.get(router.url + "/v1/chat/completions", headers=router.headers()),
+        httpx.put(router.url + "/v1/chat/completions", headers=router.headers()),
         405,
         "method_not_allowed",
     )

@@ -123,7 +123,7 @@ def test_every_api_shape_reaches_its_endpoint_over_the_wire(tmp_path, mocks, mon
         assert seen["headers"]["authorization"] == "Bearer sk-se"
 
         # Paths geopin does not know are passed through; the upstream's own 4xx comes back.
-        for path, query in (("/v1/responses", ""), ("/v1/batches/b1/cancel", "?limit=2")):
+        for path, query in (("/v1/rerank", ""), ("/v1/batches/b1/cancel", "?limit=2")):
             answer = router.post(path + query, json_body={"model": "gpt-4o", "input": "x"},
                                  headers=se)  # fmt: skip
             assert answer.status_code == 404 and answer.headers["x-geopin-endpoint"] == "oai-se"
@@ -431,7 +431,7 @@ def test_every_answer_carries_a_decision_id_and_only_decisions_are_in_the_trail(
         ),
         "bad json": httpx.post(url + "/v1/chat/completions", content=b"{", headers=se),
         "no route": httpx.get(url + "/v2/anything", headers=se),
-        "wrong method": httpx.get(url + "/v1/chat/completions", headers=se),
+        "wrong method": httpx.put(url + "/v1/chat/completions", headers=se),
         "models": httpx.get(url + "/v1/models", headers=se),
         "no such model": httpx.get(url + "/v1/models/nope", headers=se),
         "dot segment": httpx.post(url + "/v1/chat/%2e%2e/x", json=chat_body(), headers=se),

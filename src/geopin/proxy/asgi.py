@@ -26,34 +26,38 @@ from geopin.geo.client import client_address
 from geopin.geo.location import UNKNOWN, Location
 from geopin.geo.locator import locate
 from geopin.keys import presented_key
-from geopin.policy.decision import Endpoint, RequestContext
+from geopin.policy.decision import Decision, Endpoint, RequestContext
 from geopin.policy.engine import decide
 from geopin.proxy import refusal
 from geopin.proxy.attempts import forward
 from geopin.proxy.exchange import Exchange
 from geopin.proxy.models import send_models
+from geopin.proxy.outcome import record_outcome
 from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.request import (
     AZURE_PREFIX,
     ClientGone,
     affinity_key,
+    call_api,
     client_trace_id,
     content_type,
     declared_data_class,
     parse_call,
+    pinned_endpoint,
     read_body,
     route_template,
 )
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.target import request_path, request_query, shown_path
-from geopin.proxy.upstream import API_OF_KIND
-from geopin.routing.select import order
+from geopin.proxy.upstream import API_OF_KIND, ClientCall
+from geopin.routing.select import home, order
 from geopin.telemetry.accesslog import access_log, access_log_enabled, client_prefix
 from geopin.telemetry.tracing import NO_TRACE
 
 log = logging.getLogger(__name__)
 
 _CLIENT_CLOSED = 499  # the status logged for a client that went away before its answer
+_METHODS = ("GET", "POST", "DELETE")  # what the model APIs use, on objects and models
 
 
 class ProxyApp:
@@ -194,6 +198,9 @@ class ProxyApp:
         data_class, error = declared_data_class(state, headers)
         if error is not None:
             return error
+        pin, error = pinned_endpoint(state, headers)
+        if error is not None:
+            return error
 
         if deployment is None and (operation == "/models" or operation.startswith("/models/")):
             if method != "GET":
@@ -205,15 +212,18 @@ class ProxyApp:
             return await send_models(
                 state, location, operation, tenant, data_class, send, request_id
             )
-        if method != "POST":
+        if deployment is not None and method != "POST":
             return refusal.method_not_allowed(method, "POST")
+        if method not in _METHODS:
+            return refusal.method_not_allowed(method, ", ".join(_METHODS))
 
         raw = await read_body(receive, headers, self._limit)
         if isinstance(raw, ErrorResponse):
             return raw
         exchange.bytes_in = len(raw)
         kind = content_type(headers)
-        call, error = parse_call(method, operation, deployment, query, raw, kind)
+        api = call_api(operation, headers)
+        call, error = parse_call(method, operation, deployment, query, raw, kind, api)
         if error is not None:
             return error
         assert call is not None
@@ -246,11 +256,7 @@ class ProxyApp:
         runtime = self.runtime
         attempts: tuple[Endpoint, ...] = ()
         if decision.routed:
-            health = runtime.last_health = runtime.health.snapshot(time.monotonic())
-            ordered = order(decision, health, affinity_key(tenant, client.ip))
-            # Only an endpoint that speaks the client's API can serve it (the record names the
-            # first of them, the one meant to process the request).
-            attempts = tuple(e for e in ordered if API_OF_KIND[e.kind] == call.api)
+            attempts = self._attempts(decision, call, tenant, client.ip, pin)
         span = trace.start_audit()
         try:
             record_id, body = runtime.decisions.encode(
@@ -276,6 +282,8 @@ class ProxyApp:
             runtime.audit_failed_at = None
         if not decision.routed:
             return refusal.denied(decision, decision_id, self._rules_base)
+        if pin is not None and not attempts:
+            return self._pin_refused(state, call, decision, decision_id, pin, exchange, started)
         return await forward(
             runtime, state, call, headers, decision, attempts, decision_id, started, receive,
             send, exchange, metrics=self._metrics, max_attempts=self._max_attempts,
@@ -283,6 +291,62 @@ class ProxyApp:
         )  # fmt: skip
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _attempts(
+        self,
+        decision: Decision,
+        call: ClientCall,
+        tenant: str | None,
+        ip: Any,
+        pin: str | None,
+    ) -> tuple[Endpoint, ...]:
+        """The endpoints to try, in order: always the decision's candidates that speak the
+        client's API (the record names the first, the one meant to process the request).
+
+        A model call gets routing's failover order; a call that names no model goes to its
+        tenant's home endpoint only (its objects live there); ``X-Geopin-Endpoint`` narrows
+        either to the endpoint it names, and to none when that is not a candidate.
+        """
+        api = call.api
+        if pin is not None:
+            return tuple(
+                e for e in decision.candidates if e.id == pin and API_OF_KIND[e.kind] == api
+            )
+        if call.model is None:
+            speaking = [
+                (e, rank)
+                for e, rank in zip(decision.candidates, decision.candidate_ranks, strict=True)
+                if API_OF_KIND[e.kind] == api
+            ]
+            chosen = home(
+                [e for e, _ in speaking], [r for _, r in speaking], (tenant or "").encode()
+            )
+            return () if chosen is None else (chosen,)
+        runtime = self.runtime
+        health = runtime.last_health = runtime.health.snapshot(time.monotonic())
+        ordered = order(decision, health, affinity_key(tenant, ip))
+        return tuple(e for e in ordered if API_OF_KIND[e.kind] == api)
+
+    def _pin_refused(
+        self,
+        state: RuntimeState,
+        call: ClientCall,
+        decision: Decision,
+        decision_id: str,
+        pin: str,
+        exchange: Exchange,
+        started: float,
+    ) -> ErrorResponse:
+        """The endpoint the client named cannot take the request; the outcome says so."""
+        error = refusal.endpoint_refused(
+            decision, decision_id, state.policy.endpoints[pin], call.model, call.api
+        )
+        record_outcome(
+            self.runtime, exchange, call, decision, decision_id, started,
+            endpoint=None, attempts=[], status=error.status, bytes_out=None, usage=None,
+            error=f"the endpoint named by X-Geopin-Endpoint, {pin}, is not a candidate",
+        )  # fmt: skip
+        return error
 
     def _tenant(self, state: RuntimeState, headers: list) -> tuple[str | None, Any]:
         key = presented_key(headers)

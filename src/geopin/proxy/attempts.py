@@ -152,17 +152,18 @@ async def forward(
         tap, error = await _relay(response, endpoint, decision_id, receive, send, metrics, started)
         exchange.bytes_out = tap.bytes_out
         usage = tap.usage()  # the upstream's token counts, for telemetry and the record
-        observe_usage(
-            exchange,
-            usage if error is None else None,
-            metrics,
-            operation=_operation_name(call.operation),
-            provider=provider,
-            model=call.model,
-            endpoint=endpoint.id,
-            duration_s=time.perf_counter() - sent,
-            error=error,
-        )
+        if call.model is not None:  # a model call (a call naming none is not a GenAI one)
+            observe_usage(
+                exchange,
+                usage if error is None else None,
+                metrics,
+                operation=_operation_name(call.operation),
+                provider=provider,
+                model=call.model,
+                endpoint=endpoint.id,
+                duration_s=time.perf_counter() - sent,
+                error=error,
+            )
         record_outcome(
             runtime, exchange, call, decision, decision_id, started,
             endpoint=endpoint, attempts=tried, status=response.status,

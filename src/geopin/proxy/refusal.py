@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from geopin.policy.decision import Decision, DenyCode
+from geopin.policy.decision import Decision, DenyCode, Endpoint
 
 DECISION_HEADER = b"x-geopin-decision-id"
 ENDPOINT_HEADER = b"x-geopin-endpoint"
@@ -115,9 +115,15 @@ def unavailable(decision_id: str | None, message: str, retry_after_s: int) -> Er
     )
 
 
-def api_not_served(decision_id: str, model: str, api: str) -> ErrorResponse:
+def api_not_served(decision_id: str, model: str | None, api: str) -> ErrorResponse:
     """404: the request may be processed, but no endpoint it may use speaks the client's API
     for this model (an Anthropic Messages call for a model only OpenAI endpoints serve)."""
+    if model is None:
+        shown = "the Anthropic API" if api == "anthropic" else "the OpenAI API"
+        message = f"no endpoint this request may use speaks {shown}"
+        return error_response(
+            404, message, "invalid_request_error", "not_found", decision_id=decision_id
+        )
     shown = "the Anthropic Messages API" if api == "anthropic" else "the OpenAI API"
     return error_response(
         404,
@@ -125,6 +131,39 @@ def api_not_served(decision_id: str, model: str, api: str) -> ErrorResponse:
         "invalid_request_error",
         "model_not_found",
         decision_id=decision_id,
+    )
+
+
+def endpoint_refused(
+    decision: Decision, decision_id: str, endpoint: Endpoint, model: str | None, api: str
+) -> ErrorResponse:
+    """The endpoint the client named (``X-Geopin-Endpoint``) cannot take this request: 451
+    when it processes outside the decision's permitted places, 400 when it is permitted but
+    does not serve the call (its model, or its API)."""
+    if endpoint.processes_within(decision.permitted_places()):
+        what = "calls naming no model" if model is None else f"model '{model}'"
+        shown = "the Anthropic API" if api == "anthropic" else "the OpenAI API"
+        return error_response(
+            400,
+            f"endpoint '{endpoint.id}' (X-Geopin-Endpoint) does not serve {what} through {shown}",
+            "invalid_request_error",
+            "endpoint_cannot_serve",
+            decision_id=decision_id,
+        )
+    where = endpoint.subdivision or endpoint.country
+    reason = (
+        f"endpoint '{endpoint.id}' (X-Geopin-Endpoint) processes in {where}, where this "
+        f"request may not be processed ({decision.reason})"
+    )
+    return error_response(
+        451,
+        f"geopin refused this request: {reason}",
+        "unavailable_for_legal_reasons",
+        "endpoint_not_permitted",
+        decision_id=decision_id,
+        rule=None,
+        reason=reason,
+        legal_basis=decision.legal_basis,
     )
 
 

@@ -12,7 +12,23 @@ from geopin.proxy.state import RuntimeState
 from geopin.proxy.upstream import Api, ClientCall
 
 DATA_CLASS_HEADER = b"x-geopin-data-class"
+ENDPOINT_PIN_HEADER = b"x-geopin-endpoint"
 AZURE_PREFIX = "/openai/deployments/"
+# Operations that run a model on the request: a POST to one must name its model. A call to
+# any other operation may name none (the Files and Batches APIs, a stored response).
+MODEL_OPERATIONS = frozenset(
+    (
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/responses",
+        "/messages",
+        "/messages/count_tokens",
+        "/audio/speech",
+        "/audio/transcriptions",
+        "/audio/translations",
+    )
+)
 # Operations whose path is its own route; any other is reported as a template, so a client
 # cannot grow the number of metric series by inventing paths.
 _OPERATIONS = frozenset(
@@ -55,6 +71,33 @@ def declared_data_class(state: RuntimeState, headers: list) -> tuple[str | None,
     return None, None
 
 
+def pinned_endpoint(state: RuntimeState, headers: list) -> tuple[str | None, Any]:
+    """The endpoint the client names with ``X-Geopin-Endpoint`` (the one an earlier answer
+    named: the endpoint holding a file or a stored response). It only narrows the decision's
+    candidates to that one; a name the catalogue does not hold is a 400."""
+    for name, value in headers:
+        if name == ENDPOINT_PIN_HEADER:
+            wanted = value.decode("latin-1").strip()
+            if wanted not in state.policy.endpoints:
+                return None, refusal.bad_request(
+                    f"X-Geopin-Endpoint '{wanted}' is not an endpoint of the policy",
+                    "unknown_endpoint",
+                )
+            return wanted, None
+    return None, None
+
+
+def call_api(operation: str, headers: list) -> str:
+    """Anthropic's API for its paths and for any call its SDKs make (they send an
+    ``anthropic-version``), OpenAI's otherwise."""
+    if operation.startswith("/messages"):
+        return Api.ANTHROPIC
+    for name, _ in headers:
+        if name == b"anthropic-version":
+            return Api.ANTHROPIC
+    return Api.OPENAI
+
+
 async def read_body(receive: Any, headers: list, limit: int) -> bytes | ErrorResponse:
     for name, value in headers:
         if name == b"content-length":
@@ -92,10 +135,19 @@ def parse_call(
     query: str,
     raw: bytes,
     kind: bytes | None = None,
+    api: str = Api.OPENAI,
 ) -> tuple[ClientCall | None, ErrorResponse | None]:
-    """The client's call from its body: JSON, or (``kind`` its Content-Type) a multipart form."""
+    """The client's call from its body: JSON, or (``kind`` its Content-Type) a multipart form.
+
+    The model comes from a POST's body (or the Azure deployment). A call that names none is a
+    call on objects (``model`` None), forwarded as sent, except a POST to one of the
+    ``MODEL_OPERATIONS``, which needs one.
+    """
+    needs_model = deployment is None and operation in MODEL_OPERATIONS
+    if method != "POST" or (not needs_model and deployment is None and not _json_body(raw, kind)):
+        return _unnamed(api, method, operation, query, raw), None
     if kind is not None and is_multipart(kind):
-        return _parse_form(method, operation, deployment, query, raw, kind)
+        return _parse_form(method, operation, deployment, query, raw, kind, needs_model, api)
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -111,22 +163,46 @@ def parse_call(
         query, api_version = _azure_query(query)
     else:
         model = body.get("model")
+        if model is None and not needs_model:
+            return _unnamed(api, method, operation, query, raw), None
         if not isinstance(model, str) or not model:
             return None, refusal.bad_request(
                 "the request body needs a 'model' string", "missing_model", param="model"
             )
-    api = Api.ANTHROPIC if operation.startswith("/messages") else Api.OPENAI
     return ClientCall(api, method, operation, model, body, raw, query, api_version), None
 
 
+def _unnamed(api: str, method: str, operation: str, query: str, raw: bytes) -> ClientCall:
+    return ClientCall(api, method, operation, None, None, raw, query)
+
+
+def _json_body(raw: bytes, kind: bytes | None) -> bool:
+    """Is the body one to read a model from: a JSON one (or a form)?"""
+    if not raw:
+        return False
+    if kind is None:
+        return True
+    media = kind.partition(b";")[0].strip().lower()
+    return media.endswith(b"json") or media == b"multipart/form-data"
+
+
 def _parse_form(
-    method: str, operation: str, deployment: str | None, query: str, raw: bytes, kind: bytes
+    method: str,
+    operation: str,
+    deployment: str | None,
+    query: str,
+    raw: bytes,
+    kind: bytes,
+    needs_model: bool,
+    api: str,
 ) -> tuple[ClientCall | None, ErrorResponse | None]:
     try:
         form: FormModel | None = form_model(kind, raw)
     except NoModelField as exc:
-        if deployment is None:
+        if deployment is None and needs_model:
             return None, refusal.bad_request(str(exc), "missing_model", param="model")
+        if deployment is None:  # an upload, say: a call that names no model
+            return _unnamed(api, method, operation, query, raw), None
         form = None  # an Azure deployment URL names the model; the form need not
     except FormError as exc:
         return None, refusal.bad_request(str(exc), "invalid_form")

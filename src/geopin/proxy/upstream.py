@@ -98,7 +98,7 @@ class ClientCall:
     api: str
     method: str
     operation: str  # the path after ``/v1`` (or after the Azure deployment), "/chat/completions"
-    model: str
+    model: str | None  # None: a call that names no model, forwarded as sent ("/files")
     body: dict[str, Any] | None = field(repr=False)  # the prompt: never shown
     raw_body: bytes = field(repr=False)
     query: str  # the client's query string, less an Azure ``api-version``
@@ -159,20 +159,10 @@ def build_request(
 ) -> UpstreamRequest:
     """The request ``route`` gets for ``call``; ``headers`` come from forwardable_headers()."""
     endpoint = route.endpoint
-    upstream_model = endpoint.models[call.model]
-    body = call.raw_body
-    if endpoint.kind is ProviderKind.AZURE_OPENAI:
-        version = endpoint.api_version or call.api_version or ""
-        query = "api-version=" + quote(version, safe="")
-        if call.query:
-            query += "&" + call.query
-        deployment = quote(upstream_model, safe="")
-        target = f"{route.base_path}/openai/deployments/{deployment}{call.operation}?{query}"
-        if (call.body is not None and "model" in call.body) or call.form is not None:
-            body = _with_model(call, upstream_model)
+    if call.model is None:
+        target, body = _unnamed_target(route, call), call.raw_body
     else:
-        target = route.base_path + call.operation + ("?" + call.query if call.query else "")
-        body = _with_model(call, upstream_model)
+        target, body = _model_target(route, call, endpoint.models[call.model])
     out = headers + list(route.auth)
     if endpoint.kind is ProviderKind.ANTHROPIC and not any(
         name == b"anthropic-version" for name, _ in headers
@@ -180,6 +170,33 @@ def build_request(
         version_header = endpoint.api_version.encode() if endpoint.api_version else None
         out.append((b"anthropic-version", version_header or ANTHROPIC_VERSION))
     return UpstreamRequest(route.origin, call.method, target, out, body)
+
+
+def _model_target(route: Route, call: ClientCall, upstream_model: str) -> tuple[str, bytes]:
+    """The target and body of a model call: the model set to the endpoint's name for it."""
+    if route.endpoint.kind is ProviderKind.AZURE_OPENAI:
+        deployment = quote(upstream_model, safe="")
+        target = f"{route.base_path}/openai/deployments/{deployment}{call.operation}?"
+        target += _azure_query(route, call)
+        if (call.body is not None and "model" in call.body) or call.form is not None:
+            return target, _with_model(call, upstream_model)
+        return target, call.raw_body
+    target = route.base_path + call.operation + ("?" + call.query if call.query else "")
+    return target, _with_model(call, upstream_model)
+
+
+def _unnamed_target(route: Route, call: ClientCall) -> str:
+    """Where a call that names no model goes: Azure keeps such operations under ``/openai``
+    (``/openai/files?api-version=...``), the others under their version prefix."""
+    if route.endpoint.kind is ProviderKind.AZURE_OPENAI:
+        return f"{route.base_path}/openai{call.operation}?{_azure_query(route, call)}"
+    return route.base_path + call.operation + ("?" + call.query if call.query else "")
+
+
+def _azure_query(route: Route, call: ClientCall) -> str:
+    version = route.endpoint.api_version or call.api_version or ""
+    query = "api-version=" + quote(version, safe="")
+    return query + "&" + call.query if call.query else query
 
 
 def _with_model(call: ClientCall, upstream_model: str) -> bytes:
