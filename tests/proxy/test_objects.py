@@ -4,6 +4,8 @@ decided under every model's rules, sent to the tenant's home endpoint only, or t
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -58,6 +60,19 @@ def _upload(router: Router, headers: dict[str, str], content: bytes) -> httpx.Re
     return httpx.post(
         router.url + "/v1/files", data={"purpose": "batch"}, files=files, headers=headers
     )
+
+
+def _outcomes(tmp_path, *answers: httpx.Response) -> dict[str, dict]:
+    """The outcome records by decision id, once those of ``answers`` are committed (an outcome
+    joins the next commit, or waits for the writer's linger)."""
+    wanted = {a.headers["x-geopin-decision-id"] for a in answers}
+    deadline = time.monotonic() + 10
+    while True:
+        records = audit_records(tmp_path)
+        found = {r["decision_id"]: r for r in records if r["kind"] == "outcome"}
+        if wanted <= set(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def _get(router: Router, path: str, headers: dict[str, str]) -> httpx.Response:
@@ -159,8 +174,7 @@ def test_x_geopin_endpoint_narrows_to_a_permitted_endpoint_and_never_widens(
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_endpoint"
     assert requests_seen(upstreams["us"]) == 0
 
-    outcomes = {r["decision_id"]: r for r in audit_records(tmp_path) if r["kind"] == "outcome"}
-    refused = outcomes[outside.headers["x-geopin-decision-id"]]
+    refused = _outcomes(tmp_path, outside)[outside.headers["x-geopin-decision-id"]]
     assert (refused["status"], refused["endpoint"], refused["attempts"]) == (451, None, [])
 
 
@@ -194,10 +208,15 @@ def test_what_needs_a_model_still_does_and_other_bodies_pass_as_sent(router: Rou
     assert anthropic.status_code == 404 and "Anthropic API" in anthropic.json()["error"]["message"]
 
 
-def test_a_stored_response_is_read_back_where_it_was_made(router: Router, upstreams):
+def test_a_stored_response_is_read_back_where_it_was_made(router: Router, upstreams, tmp_path):
     de = router.headers(country="DE")
     made = router.post("/v1/responses", headers=de, json_body={"model": "gpt-4o", "input": "x"})
     assert made.status_code == 200, made.text
     where = made.headers["x-geopin-endpoint"]
     read = _get(router, f"/v1/responses/{made.json()['id']}", {**de, "x-geopin-endpoint": where})
     assert read.status_code == 200 and read.json()["id"] == made.json()["id"]
+    assert read.json()["usage"]  # the stored response carries its usage...
+    outcomes = _outcomes(tmp_path, made, read)
+    assert outcomes[made.headers["x-geopin-decision-id"]]["usage"]
+    # ...which the read did not spend: its outcome records none.
+    assert outcomes[read.headers["x-geopin-decision-id"]]["usage"] is None

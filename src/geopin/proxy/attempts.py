@@ -151,8 +151,10 @@ async def forward(
         )
         tap, error = await _relay(response, endpoint, decision_id, receive, send, metrics, started)
         exchange.bytes_out = tap.bytes_out
-        usage = tap.usage()  # the upstream's token counts, for telemetry and the record
-        if call.model is not None:  # a model call (a call naming none is not a GenAI one)
+        # The upstream's token counts, for telemetry and the record; a call that names no model
+        # ran none (a stored response read back carries the usage of the call that made it).
+        usage = tap.usage() if call.model is not None else None
+        if call.model is not None:
             observe_usage(
                 exchange,
                 usage if error is None else None,
