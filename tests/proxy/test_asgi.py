@@ -115,6 +115,14 @@ def test_every_api_shape_reaches_its_endpoint_over_the_wire(tmp_path, mocks, mon
         assert (seen["path"], seen["json"]["model"]) == ("/v1/messages", "claude-x-se")
         assert seen["headers"]["x-api-key"] == "ant-se" and "authorization" not in seen["headers"]
         assert seen["headers"]["anthropic-version"] == "2023-06-01"
+        # Another path of the Anthropic SDK (it sends anthropic-version): its endpoints, too.
+        legacy = {"model": "claude-x", "prompt": "hi", "max_tokens_to_sample": 8}
+        version = {**se, "anthropic-version": "2023-01-01"}
+        answer = router.post("/v1/complete", json_body=legacy, headers=version)
+        assert answer.headers["x-geopin-endpoint"] == "ant-se", answer.text
+        seen = last_request(ant)
+        assert (seen["path"], seen["json"]["model"]) == ("/v1/complete", "claude-x-se")
+        assert seen["headers"]["anthropic-version"] == "2023-01-01"
 
         answer = router.post("/v1/embeddings", json_body={"model": "emb", "input": "x"}, headers=se)
         assert answer.status_code == 200 and answer.json()["data"][0]["embedding"], answer.text
