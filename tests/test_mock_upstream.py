@@ -683,3 +683,15 @@ def test_loadgen_counts_error_statuses(eu):
 
     assert result.ok == 0
     assert result.errors == {"http_503": 10}
+
+
+def test_azure_openai_s_own_object_paths_are_the_same_objects(client):
+    uploaded = client.post(
+        "/openai/files?api-version=2024-10-21",
+        data={"purpose": "batch"},
+        files={"file": ("a.jsonl", FILE_BYTES)},
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    ident = uploaded.json()["id"]
+    assert client.get(f"/v1/files/{ident}/content").content == FILE_BYTES
+    assert client.get(f"/openai/files/{ident}?api-version=2024-10-21").json()["id"] == ident

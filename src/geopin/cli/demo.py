@@ -114,6 +114,26 @@ def demo_calls(base: str, key: str, acme_key: str, admin_token: str) -> list[Dem
             chat("gpt-4o-mini", *auth, "-H", "CF-IPCountry: SE", stream=True),
         ),
         DemoCall(
+            "A file upload names no model: decided under every model's rules, and kept at "
+            "the tenant's one home endpoint for its place, where later calls find it",
+            200,
+            "x-geopin-endpoint: azure-germanywestcentral",
+            (
+                "curl",
+                "-si",
+                "--interface",
+                CDN_ADDRESS,
+                *auth,
+                "-H",
+                "CF-IPCountry: DE",
+                "-F",
+                "purpose=batch",
+                "-F",
+                'file={"custom_id": "1"};filename=batch.jsonl',
+                f"{base}/v1/files",
+            ),
+        ),  # fmt: skip
+        DemoCall(
             "The models a client in Russia may use",
             200,
             '"id": "llama-3.1-8b-instruct"',

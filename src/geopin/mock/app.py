@@ -427,7 +427,10 @@ def _model(body: dict, deployment: str | None) -> str:
 
 
 def _object_path(path: str) -> tuple[str, str]:
-    """``(kind, id)`` of an object API path, or ``("", "")`` for any other path."""
+    """``(kind, id)`` of an object API path, or ``("", "")`` for any other path. Azure
+    OpenAI's own form (``/openai/files``) is the same path."""
+    if path.startswith("/openai/"):
+        path = "/v1/" + path[len("/openai/") :]
     if path == "/v1/files":
         return "files", ""
     for prefix, kind in _OBJECT_PREFIXES:
