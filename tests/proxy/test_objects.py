@@ -198,9 +198,25 @@ def test_what_needs_a_model_still_does_and_other_bodies_pass_as_sent(router: Rou
     home = created.headers["x-geopin-endpoint"]
     seen = last_request(upstreams[home])
     assert (seen["method"], seen["path"], seen["json"]) == ("POST", "/v1/batches", batch)
-    cancel = httpx.post(router.url + "/v1/batches/b1/cancel", headers=de)
+    json_type = {**de, "content-type": "application/json"}
+    cancel = httpx.post(router.url + "/v1/batches/b1/cancel", headers=json_type)  # no body
     assert cancel.headers["x-geopin-endpoint"] == home
     assert last_request(upstreams[home])["path"] == "/v1/batches/b1/cancel"
+    broken = httpx.post(router.url + "/v1/batches", content=b"{", headers=json_type)
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    # Bytes that are not JSON and do not say they are: forwarded as sent.
+    part = b"\x00{not json"
+    octets = {**de, "content-type": "application/octet-stream"}
+    httpx.post(router.url + "/v1/uploads/u1/parts", content=part, headers=octets)
+    seen = last_request(upstreams[home])
+    assert (seen["path"], seen["body"]) == ("/v1/uploads/u1/parts", part.decode("latin-1"))
+    # A JSON body that names a model is a model call whatever its type says (curl -d).
+    form_type = {**de, "content-type": "application/x-www-form-urlencoded"}
+    rerank = httpx.post(
+        router.url + "/v1/rerank", content=b'{"model": "gpt-4o"}', headers=form_type
+    )
+    name = rerank.headers["x-geopin-endpoint"]
+    assert last_request(upstreams[name])["json"]["model"] == f"gpt-4o-{name}"
     put = httpx.put(router.url + "/v1/files/f1", headers=de)
     assert put.status_code == 405 and put.headers["allow"] == "GET, POST, DELETE"
     # An Anthropic SDK's call naming no model: no Anthropic endpoint here.

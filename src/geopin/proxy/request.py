@@ -144,17 +144,24 @@ def parse_call(
     ``MODEL_OPERATIONS``, which needs one.
     """
     needs_model = deployment is None and operation in MODEL_OPERATIONS
-    if method != "POST" or (not needs_model and deployment is None and not _json_body(raw, kind)):
+    free = deployment is None and not needs_model  # the call may name no model
+    # ... and its body need not be JSON unless it says it is (an upload part's bytes, say)
+    optional = free and not _declared_json(kind)
+    if method != "POST" or (free and not raw):
         return _unnamed(api, method, operation, query, raw), None
     if kind is not None and is_multipart(kind):
         return _parse_form(method, operation, deployment, query, raw, kind, needs_model, api)
     try:
         body = json.loads(raw)
     except ValueError as exc:
+        if optional:
+            return _unnamed(api, method, operation, query, raw), None
         return None, refusal.bad_request(
             f"the request body is not valid JSON: {exc}", "invalid_json"
         )
     if not isinstance(body, dict):
+        if optional:
+            return _unnamed(api, method, operation, query, raw), None
         return None, refusal.bad_request("the request body must be a JSON object", "invalid_json")
     api_version = None
     model: Any
@@ -176,14 +183,11 @@ def _unnamed(api: str, method: str, operation: str, query: str, raw: bytes) -> C
     return ClientCall(api, method, operation, None, None, raw, query)
 
 
-def _json_body(raw: bytes, kind: bytes | None) -> bool:
-    """Is the body one to read a model from: a JSON one (or a form)?"""
-    if not raw:
-        return False
+def _declared_json(kind: bytes | None) -> bool:
+    """Does the Content-Type say JSON (``application/json``, ``...+json``)?"""
     if kind is None:
-        return True
-    media = kind.partition(b";")[0].strip().lower()
-    return media.endswith(b"json") or media == b"multipart/form-data"
+        return False
+    return kind.partition(b";")[0].strip().lower().endswith(b"json")
 
 
 def _parse_form(
