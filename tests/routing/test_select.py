@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopin.routing.health import BreakerState, EndpointHealth, HealthSnapshot
-from geopin.routing.select import DEFAULT_BAND, LatencyBand, order
+from geopin.routing.select import DEFAULT_BAND, LatencyBand, home, order
 
 from .conftest import make_decision, make_endpoint, make_snapshot
 
@@ -185,3 +185,30 @@ def test_latency_moves_inside_the_band_do_not_move_a_client(banded, affinity, da
     mover = data.draw(st.sampled_from(others))
     new = data.draw(st.floats(latencies["best"], limit))
     assert order(decision, make_snapshot(**{**latencies, mover: new}), affinity)[0] is first
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 2), min_size=1, max_size=6),
+    st.lists(st.integers(0, 3), min_size=6, max_size=6),
+    st.binary(max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_home_is_one_best_ranked_candidate_whatever_their_order(
+    ranks: list[int], weights: list[int], affinity: bytes, rnd
+) -> None:
+    endpoints = [make_endpoint(f"e{i}", weight=weights[i]) for i in range(len(ranks))]
+    chosen = home(endpoints, ranks, affinity)
+    assert chosen is not None
+    assert ranks[endpoints.index(chosen)] == min(ranks)
+    pairs = list(zip(endpoints, ranks, strict=True))
+    rnd.shuffle(pairs)
+    assert home([e for e, _ in pairs], [r for _, r in pairs], affinity) is chosen
+    assert home([], [], affinity) is None
+
+
+def test_home_spreads_tenants_by_weight_and_keeps_each() -> None:
+    a, b = make_endpoint("a", weight=3), make_endpoint("b", weight=1)
+    homes = Counter(home([a, b], [0, 0], k).id for k in _AFFINITIES)
+    assert 0.68 < homes["a"] / len(_AFFINITIES) < 0.82
+    assert all(home([b, a], [0, 0], k) is home([a, b], [0, 0], k) for k in _AFFINITIES[:50])
