@@ -4,7 +4,9 @@ Per request, in this order: authenticate the router key (the tenant), read and p
 once, locate the client, decide, commit the decision record (503 if that fails: nothing is
 forwarded unrecorded), then try the candidates in routing's order until one answers below 500
 (never one outside the decision's candidates), and stream its answer through. The outcome
-record follows the response without delaying it.
+record follows the response without delaying it. A call that names no model (files, batches,
+a stored response) is decided under every model's rules and goes to its tenant's home
+endpoint only; ``X-Geopin-Endpoint`` narrows any call to the endpoint it names.
 
 Telemetry rides along in an :class:`Exchange` per request: a SERVER span (a shared do-nothing
 one with tracing off), child spans for the decision, the audit commit and each upstream
