@@ -6,6 +6,9 @@
   deployment being the endpoint's name for the model, ``api-key: <credential>``.
 - ``anthropic``: ``{url}{operation}``, ``x-api-key: <credential>`` and an ``anthropic-version``.
 
+A call that names no model (files, batches) keeps its body as sent; Azure gets it under
+``{url}/openai{operation}?api-version=...``.
+
 What the client sent otherwise passes unchanged, except the headers no upstream may see: its
 own credentials (router keys are not upstream keys), hop-by-hop headers (RFC 9110 7.6.1),
 forwarding and CDN headers (they locate the client) and geopin's own ``x-geopin-*``.
