@@ -198,17 +198,17 @@ def test_home_is_one_best_ranked_candidate_whatever_their_order(
     ranks: list[int], weights: list[int], affinity: bytes, rnd
 ) -> None:
     endpoints = [make_endpoint(f"e{i}", weight=weights[i]) for i in range(len(ranks))]
-    chosen = home(endpoints, ranks, affinity)
+    chosen = home(zip(endpoints, ranks, strict=True), affinity)
     assert chosen is not None
     assert ranks[endpoints.index(chosen)] == min(ranks)
     pairs = list(zip(endpoints, ranks, strict=True))
     rnd.shuffle(pairs)
-    assert home([e for e, _ in pairs], [r for _, r in pairs], affinity) is chosen
-    assert home([], [], affinity) is None
+    assert home(pairs, affinity) is chosen
+    assert home([], affinity) is None
 
 
 def test_home_spreads_tenants_by_weight_and_keeps_each() -> None:
     a, b = make_endpoint("a", weight=3), make_endpoint("b", weight=1)
-    homes = Counter(home([a, b], [0, 0], k).id for k in _AFFINITIES)
+    homes = Counter(home([(a, 0), (b, 0)], k).id for k in _AFFINITIES)
     assert 0.68 < homes["a"] / len(_AFFINITIES) < 0.82
-    assert all(home([b, a], [0, 0], k) is home([a, b], [0, 0], k) for k in _AFFINITIES[:50])
+    assert all(home([(b, 0), (a, 0)], k) is home([(a, 0), (b, 0)], k) for k in _AFFINITIES[:50])

@@ -357,27 +357,18 @@ class MockUpstream:
     # ---- response writers --------------------------------------------------------------
 
     async def _json(self, send: Send, status: int, value: Any) -> None:
-        data = payloads.dumps(value)
+        await self._whole(send, status, b"application/json", payloads.dumps(value))
+
+    async def _octets(self, send: Send, data: bytes) -> None:
+        await self._whole(send, 200, b"application/octet-stream", data)
+
+    async def _whole(self, send: Send, status: int, content_type: bytes, data: bytes) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                    self._region_header,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
-
-    async def _octets(self, send: Send, data: bytes) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/octet-stream"),
+                    (b"content-type", content_type),
                     (b"content-length", str(len(data)).encode()),
                     self._region_header,
                 ],

@@ -315,14 +315,9 @@ class ProxyApp:
                 e for e in decision.candidates if e.id == pin and API_OF_KIND[e.kind] == api
             )
         if call.model is None:
-            speaking = [
-                (e, rank)
-                for e, rank in zip(decision.candidates, decision.candidate_ranks, strict=True)
-                if API_OF_KIND[e.kind] == api
-            ]
-            chosen = home(
-                [e for e, _ in speaking], [r for _, r in speaking], (tenant or "").encode()
-            )
+            ranked = zip(decision.candidates, decision.candidate_ranks, strict=True)
+            speaking = ((e, rank) for e, rank in ranked if API_OF_KIND[e.kind] == api)
+            chosen = home(speaking, (tenant or "").encode())
             return () if chosen is None else (chosen,)
         runtime = self.runtime
         health = runtime.last_health = runtime.health.snapshot(time.monotonic())

@@ -153,8 +153,9 @@ async def forward(
         exchange.bytes_out = tap.bytes_out
         # The upstream's token counts, for telemetry and the record; a call that names no model
         # ran none (a stored response read back carries the usage of the call that made it).
-        usage = tap.usage() if call.model is not None else None
+        usage = None
         if call.model is not None:
+            usage = tap.usage()
             observe_usage(
                 exchange,
                 usage if error is None else None,

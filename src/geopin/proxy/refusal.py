@@ -119,15 +119,14 @@ def api_not_served(decision_id: str, model: str | None, api: str) -> ErrorRespon
     """404: the request may be processed, but no endpoint it may use speaks the client's API
     for this model (an Anthropic Messages call for a model only OpenAI endpoints serve)."""
     if model is None:
-        shown = "the Anthropic API" if api == "anthropic" else "the OpenAI API"
-        message = f"no endpoint this request may use speaks {shown}"
+        message = f"no endpoint this request may use speaks {_api_name(api)}"
         return error_response(
             404, message, "invalid_request_error", "not_found", decision_id=decision_id
         )
-    shown = "the Anthropic Messages API" if api == "anthropic" else "the OpenAI API"
     return error_response(
         404,
-        f"model '{model}' is not served through {shown} by any endpoint this request may use",
+        f"model '{model}' is not served through {_api_name(api, model)} by any endpoint this "
+        "request may use",
         "invalid_request_error",
         "model_not_found",
         decision_id=decision_id,
@@ -142,10 +141,10 @@ def endpoint_refused(
     does not serve the call (its model, or its API)."""
     if endpoint.processes_within(decision.permitted_places()):
         what = "calls naming no model" if model is None else f"model '{model}'"
-        shown = "the Anthropic API" if api == "anthropic" else "the OpenAI API"
         return error_response(
             400,
-            f"endpoint '{endpoint.id}' (X-Geopin-Endpoint) does not serve {what} through {shown}",
+            f"endpoint '{endpoint.id}' (X-Geopin-Endpoint) does not serve {what} through "
+            + _api_name(api, model),
             "invalid_request_error",
             "endpoint_cannot_serve",
             decision_id=decision_id,
@@ -165,6 +164,13 @@ def endpoint_refused(
         reason=reason,
         legal_basis=decision.legal_basis,
     )
+
+
+def _api_name(api: str, model: str | None = None) -> str:
+    """The client's API as a message names it (a model call to Anthropic's is a Messages one)."""
+    if api != "anthropic":
+        return "the OpenAI API"
+    return "the Anthropic API" if model is None else "the Anthropic Messages API"
 
 
 def gateway_timeout(decision_id: str, message: str) -> ErrorResponse:

@@ -20,14 +20,14 @@ The order, from the most significant criterion to the least:
    to the same endpoint while the band holds it, endpoints are chosen in proportion to their
    ``weight`` across clients, and an endpoint leaving the band moves only its own clients.
 
-``home(candidates, ranks, affinity)`` is the one endpoint for a call that names no model: the
+``home(ranked, affinity)`` is the one endpoint for a call that names no model: the
 best rank's highest rendezvous score, health and latency aside (its objects live there).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 
@@ -76,13 +76,14 @@ def order(
     return tuple(result)
 
 
-def home(candidates: Sequence[Endpoint], ranks: Sequence[int], affinity: bytes) -> Endpoint | None:
+def home(ranked: Iterable[tuple[Endpoint, int]], affinity: bytes) -> Endpoint | None:
     """The one endpoint for calls that name no model (uploads, batches, stored responses):
-    of the best rank, the highest weighted rendezvous score for ``affinity``. Health and
-    latency play no part, so the objects such calls create and read stay at one endpoint while
-    the candidates hold; a subsequence of one, like ``order``'s."""
-    best = min(ranks, default=None)
-    group = [e for e, rank in zip(candidates, ranks, strict=True) if rank == best]
+    of the (endpoint, rank) pairs of the best rank, the highest weighted rendezvous score for
+    ``affinity``. Health and latency play no part, so the objects such calls create and read
+    stay at one endpoint while the candidates hold; a subsequence of one, like ``order``'s."""
+    pairs = list(ranked)
+    best = min((rank for _, rank in pairs), default=None)
+    group = [e for e, rank in pairs if rank == best]
     return max(group, key=lambda e: _rendezvous_score(affinity, e), default=None)
 
 
