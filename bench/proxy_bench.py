@@ -305,16 +305,20 @@ def wait_sequenced(targets: list[Target], timeout: float = 120.0) -> float:
     """Wait until every geopin's sequencer has taken every pending record (the backlog of the
     cells before), so a cell measures requests, not a router (this one or another on the same
     core) catching up after the last one; returns how long that took."""
-    import sqlite3
+    from geopin.audit.store import AuditStore
 
     started = time.monotonic()
     for target in targets:
-        while target.audit_db is not None and time.monotonic() - started < timeout:
-            with sqlite3.connect(f"file:{target.audit_db}?mode=ro", uri=True) as db:
-                (waiting,) = db.execute("SELECT count(*) FROM audit_pending").fetchone()
-            if not waiting:
-                break
-            time.sleep(0.2)
+        if target.audit_db is None:
+            continue
+        # This checkout's count reads a database of any geopin's (the inbox, where there is
+        # one, and the database's own pending table).
+        store = AuditStore.from_url(f"sqlite:///{target.audit_db}")
+        try:
+            while store.pending_count() and time.monotonic() - started < timeout:
+                time.sleep(0.2)
+        finally:
+            store.engine.dispose()
     return time.monotonic() - started
 
 
@@ -588,8 +592,6 @@ def _geopin_target(
     and the audit log, sequencer and checkpoints as in production, in a SQLite file; then
     ``changes`` (dotted setting keys) applied to its settings."""
     from geopin.audit.checkpoint import SigningKey
-    from geopin.audit.db import create_audit_engine
-    from geopin.audit.migrate import upgrade
     from geopin.keys import KeyStore
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -617,9 +619,12 @@ def _geopin_target(
         router_key = store.create("bench")[1]
     SigningKey.generate("bench.test/geopin").save(directory / "audit.key", overwrite=True)
     database_url = f"sqlite:///{directory / 'audit.db'}"
-    engine = create_audit_engine(database_url)
-    upgrade(engine)
-    engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
+    if source is not None:  # another checkout's geopin, with this one's dependencies
+        env["PYTHONPATH"] = str(source.resolve())
+    geopin = [sys.executable, "-m", "geopin"]
+    # The schema of the geopin that serves it.
+    subprocess.run([*geopin, "db", "upgrade", "--db", database_url], env=env, check=True)
     port = free_port()
     settings = {
         "listen": f"127.0.0.1:{port}",
@@ -640,10 +645,7 @@ def _geopin_target(
         section[leaf] = value
     config = directory / "geopin.yaml"
     config.write_text(json.dumps(settings, indent=1))  # JSON is YAML
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOPIN_")}
-    if source is not None:  # another checkout's geopin, with this one's dependencies
-        env["PYTHONPATH"] = str(source.resolve())
-    command = [sys.executable, "-m", "geopin", "serve", "--config", str(config)]
+    command = [*geopin, "serve", "--config", str(config)]
     process = subprocess.Popen(
         command,
         stdout=(directory / "serve.log").open("wb"),

@@ -118,14 +118,24 @@ def make_outcome(n: int = 0, **overrides: Any) -> dict[str, Any]:
     return outcome_record(**fields)
 
 
-def add_pending(engine, records) -> None:
-    """Write records straight into the pending table, as AuditWriter would."""
+def add_pending(engine, records, *, own_table: bool = False) -> None:
+    """Write records straight into the pending table, as AuditWriter would: on SQLite the
+    inbox's. ``own_table``: the database's own ``audit_pending`` instead (where a prune's
+    record goes, and where geopin before the inbox left them)."""
     from geopin.audit.db import write_connection
+    from geopin.audit.inbox import INSERT_SQL, ensure, inbox_engine
     from geopin.audit.records import encode
     from geopin.audit.store import insert_pending
 
+    rows = [(r["id"], encode(r)) for r in records]
+    inbox = None if own_table else inbox_engine(engine)
+    if inbox is not None:
+        ensure(inbox)
+        with write_connection(inbox) as conn, conn.begin():
+            conn.exec_driver_sql(INSERT_SQL, rows)
+        return
     with write_connection(engine) as conn, conn.begin():
-        insert_pending(conn, [(r["id"], encode(r)) for r in records])
+        insert_pending(conn, rows)
 
 
 def append_and_sequence(engine, records, *, key=None, checkpoint_file=None, force=True):

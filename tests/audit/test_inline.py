@@ -8,14 +8,14 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 from audit_factories import make_record
 
+from audit_pending import pending_ids
 from geopin.audit import writer as writer_module
 from geopin.audit.db import create_audit_engine, sqlite_write_gate
+from geopin.audit.inbox import inbox_engine, inbox_path
 from geopin.audit.migrate import upgrade
 from geopin.audit.records import encode
-from geopin.audit.schema import pending
 from geopin.audit.writer import AuditWriter
 
 
@@ -25,11 +25,6 @@ def sqlite_engine(tmp_path):
     upgrade(engine)
     yield engine
     engine.dispose()
-
-
-def _pending(engine) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.scalars(sa.select(pending.c.record_id).order_by(pending.c.id)))
 
 
 def _encoded(n: int) -> tuple[str, bytes]:
@@ -60,7 +55,7 @@ def test_a_lone_commit_runs_on_the_loop_and_takes_the_lingering_records(sqlite_e
     async def body(writer):
         writer.submit(*outcome)  # lingers: linger_s is long
         await writer.commit(*decision, alone=True)
-        return _pending(sqlite_engine), writer.queue_depth
+        return pending_ids(sqlite_engine), writer.queue_depth
 
     (seen, depth), threads = _run(sqlite_engine, body, linger_s=30.0)
     assert seen == [decision[0], outcome[0]] and depth == 0
@@ -78,7 +73,7 @@ def test_lone_requests_one_after_another_never_wake_the_writers_thread(sqlite_en
             writer.submit(*_encoded(2 * n + 1))
             await asyncio.sleep(0.1)
         await writer.commit(*_encoded(100), alone=True)  # takes the last outcome along
-        return _pending(sqlite_engine), writer.queue_depth
+        return pending_ids(sqlite_engine), writer.queue_depth
 
     (seen, depth), threads = _run(sqlite_engine, body, linger_s=0.5)
     assert len(seen) == 13 and depth == 0
@@ -88,14 +83,14 @@ def test_lone_requests_one_after_another_never_wake_the_writers_thread(sqlite_en
 def test_not_alone_the_writers_thread_commits(sqlite_engine):
     async def body(writer):
         await writer.commit(*_encoded(1))
-        return _pending(sqlite_engine)
+        return pending_ids(sqlite_engine)
 
     seen, threads = _run(sqlite_engine, body)
     assert len(seen) == 1 and threads == ["geopin-audit"]
 
 
 def test_a_gate_taken_past_the_wait_sends_the_commit_to_the_writers_thread(sqlite_engine):
-    gate = sqlite_write_gate(sqlite_engine)
+    gate = sqlite_write_gate(inbox_engine(sqlite_engine))  # the inbox's: where it commits
     record = _encoded(1)
 
     async def body(writer):
@@ -107,7 +102,7 @@ def test_a_gate_taken_past_the_wait_sends_the_commit_to_the_writers_thread(sqlit
             assert not task.done()  # waiting for the gate, in the writer's thread
             assert loop.time() - started < 1.0  # the loop itself waited _GATE_WAIT_S at most
         await asyncio.wait_for(task, 5)
-        return _pending(sqlite_engine)
+        return pending_ids(sqlite_engine)
 
     seen, threads = _run(sqlite_engine, body)
     assert seen == [record[0]] and threads == ["geopin-audit"]
@@ -117,7 +112,7 @@ def test_a_lone_commit_waits_on_the_loop_for_the_sequencers_short_write(sqlite_e
     """The gate held by another thread of the process (the sequencer storing a chunk) and
     released within the wait: the commit still runs on the loop, once the gate is free."""
     monkeypatch.setattr(writer_module, "_GATE_WAIT_S", 30.0)  # only the release lets it in
-    gate = sqlite_write_gate(sqlite_engine)
+    gate = sqlite_write_gate(inbox_engine(sqlite_engine))  # the inbox's: where it commits
     record = _encoded(1)
     holding, released = threading.Event(), []
 
@@ -134,7 +129,7 @@ def test_a_lone_commit_waits_on_the_loop_for_the_sequencers_short_write(sqlite_e
         await writer.commit(*record, alone=True)
         committed = time.monotonic()
         thread.join(10)
-        return _pending(sqlite_engine), committed
+        return pending_ids(sqlite_engine), committed
 
     (seen, committed), threads = _run(sqlite_engine, body)
     assert seen == [record[0]] and threads == ["MainThread"]
@@ -142,7 +137,7 @@ def test_a_lone_commit_waits_on_the_loop_for_the_sequencers_short_write(sqlite_e
 
 
 def test_another_process_holding_the_write_lock_never_blocks_the_loop(sqlite_engine, tmp_path):
-    other = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    other = sqlite3.connect(inbox_path(sqlite_engine), isolation_level=None)
     record = _encoded(1)
 
     async def body(writer):
@@ -162,13 +157,38 @@ def test_another_process_holding_the_write_lock_never_blocks_the_loop(sqlite_eng
         other.execute("COMMIT")
         await asyncio.wait_for(task, 5)
         ticking.cancel()
-        return _pending(sqlite_engine)
+        return pending_ids(sqlite_engine)
 
     try:
         seen, threads = _run(sqlite_engine, body)
     finally:
         other.close()
     assert seen == [record[0]] and threads == ["geopin-audit"]
+
+
+def test_the_logs_own_write_lock_never_holds_a_commit_up(sqlite_engine, tmp_path):
+    """The sequencer appending to the log (the database's write gate and SQLite's lock on its
+    file, both held here for as long as the test likes): a lone commit goes to the inbox, on
+    the loop, without waiting for either."""
+    log_gate = sqlite_write_gate(sqlite_engine)
+    other = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    record = _encoded(1)
+
+    async def body(writer):
+        with log_gate.background():
+            other.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            await asyncio.wait_for(writer.commit(*record, alone=True), 5)
+            waited = time.monotonic() - started
+            other.execute("COMMIT")
+        return pending_ids(sqlite_engine), waited
+
+    try:
+        (seen, waited), threads = _run(sqlite_engine, body)
+    finally:
+        other.close()
+    assert seen == [record[0]] and threads == ["MainThread"]
+    assert waited < writer_module._GATE_WAIT_S + 0.5  # it did not wait for the log's lock
 
 
 def test_full_synchronous_never_commits_on_the_loop(tmp_path):
@@ -178,7 +198,7 @@ def test_full_synchronous_never_commits_on_the_loop(tmp_path):
     async def body(writer):
         for n in range(3):
             await writer.commit(*_encoded(n), alone=True)  # an fsync each: not on the loop
-        return _pending(engine)
+        return pending_ids(engine)
 
     seen, threads = _run(engine, body)
     assert len(seen) == 3 and set(threads) == {"geopin-audit"}
@@ -197,7 +217,7 @@ def test_a_failing_loop_commit_falls_back_and_pauses(sqlite_engine, caplog):
         await writer.commit(*record, alone=True)
         assert committer._paused_until >= started + writer.retry_interval_s - 0.01
         await writer.commit(*_encoded(2), alone=True)  # paused: straight to the thread
-        return _pending(sqlite_engine)
+        return pending_ids(sqlite_engine)
 
     with caplog.at_level("WARNING", logger="geopin.audit.inline"):
         seen, threads = _run(sqlite_engine, body, retry_interval_s=60.0)

@@ -19,10 +19,11 @@ import sqlalchemy as sa
 import uvicorn
 import uvloop
 
+from audit_pending import pending_rows
 from geopin.app import GeopinApp, build_app
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
-from geopin.audit.schema import pending, records
+from geopin.audit.schema import records
 from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
 from geopin.settings import Settings
@@ -216,16 +217,19 @@ def mocks() -> Iterator[Callable[..., RunningServer]]:
 def audit_records(tmp: Path) -> list[dict[str, Any]]:
     """Every record the router committed: those already sequenced, in sequence order, then
     those still pending (the router's own sequencer moves records between the two)."""
-    engine = sa.create_engine(f"sqlite:///{tmp / 'audit.db'}")
+    engine = create_audit_engine(f"sqlite:///{tmp / 'audit.db'}")
     try:
-        with engine.connect() as conn, conn.begin():  # one snapshot of both tables
-            done = conn.execute(sa.select(records.c.body).order_by(records.c.seq)).all()
-            waiting = conn.execute(sa.select(pending.c.body).order_by(pending.c.id)).all()
+        # Pending first: a record sequenced meanwhile is then found in one place or both.
+        waiting = [body for _, body in pending_rows(engine)]
+        with engine.connect() as conn:
+            done = [
+                row.body for row in conn.execute(sa.select(records.c.body).order_by(records.c.seq))
+            ]
     finally:
         engine.dispose()
     seen: set[str] = set()
     out = []
-    for (body,) in [*done, *waiting]:
+    for body in [*done, *waiting]:
         if body is None:  # pruned
             continue
         record = json.loads(body)

@@ -25,8 +25,9 @@ from geopin.audit.checkpoint import SigningKey
 from geopin.audit.checkpoint_file import CheckpointFile
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
-from geopin.audit.schema import checkpoints, pending, records
+from geopin.audit.schema import checkpoints, records
 from geopin.audit.sequencer import Sequencer
+from geopin.audit.store import pending_count
 from geopin.audit.verify import format_report, verify_log
 from geopin.cli import main as cli
 from geopin.keys import KeyStore
@@ -92,7 +93,7 @@ def _decision_seqs(engine, decision_ids: set[str]) -> dict[str, int]:
 def _counts(engine) -> tuple[int, int, int]:
     """(pending records, sequenced records, size of the latest signed checkpoint)."""
     with engine.connect() as conn:
-        waiting = conn.scalar(sa.select(sa.func.count()).select_from(pending))
+        waiting = pending_count(conn)
         sequenced = conn.scalar(sa.select(sa.func.count()).select_from(records))
         signed = conn.scalar(sa.select(sa.func.max(checkpoints.c.size)))
     return int(waiting or 0), int(sequenced or 0), int(signed or 0)

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from audit_pending import pending_rows
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
-from geopin.audit.schema import pending, records
+from geopin.audit.schema import records
 from geopin.keys import KeyStore
 
 from .conftest import chat_body, endpoint_yaml, write_policy
@@ -107,14 +108,16 @@ class Served:
 
     def audit(self) -> list[dict[str, Any]]:
         """Every record in the database, sequenced or still pending."""
-        engine = sa.create_engine(self.db)
+        engine = create_audit_engine(self.db)
         try:
+            bodies: list[bytes | None] = [body for _, body in pending_rows(engine)]
             with engine.connect() as conn:
-                bodies = [r[0] for r in conn.execute(sa.select(pending.c.body))]
                 bodies += [r[0] for r in conn.execute(sa.select(records.c.body))]
         finally:
             engine.dispose()
-        return [json.loads(body) for body in bodies if body is not None]
+        # A sequenced record stays in the inbox until swept: one copy of each.
+        unique = {json.loads(body)["id"]: body for body in bodies if body is not None}
+        return [json.loads(body) for body in unique.values()]
 
     def stop(self) -> None:
         if self.process.poll() is None:

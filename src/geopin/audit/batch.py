@@ -3,8 +3,8 @@
 ``plan`` reads everything a batch needs and computes its rows and Merkle nodes, which on SQLite
 happens in a read transaction that holds nobody up. ``apply`` stores a batch in one go (the
 PostgreSQL path, inside the advisory lock's transaction); ``store_in_chunks`` stores it on
-SQLite a few records per transaction, each a complete append whose nodes go with it, through
-the driver, so the audit writer never waits long for SQLite's single write lock.
+SQLite a few records per transaction, each a complete append whose nodes and inbox mark go
+with it (``geopin.audit.inbox``), through the driver, so nobody waits long for the log's lock.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
 from geopin.audit.db import WriteGate, sqlite_write
+from geopin.audit.inbox import MARK_SQL, read_mark, take
 from geopin.audit.records import flat_values, rule_ids
 from geopin.audit.schema import FLAT_FIELDS, nodes, pending, record_rules, records
 from geopin.audit.store import chunks, load_frontier, tree_size
@@ -48,14 +49,20 @@ if tuple(c.name for c in record_rules.columns) != _RULE_COLUMNS or (
 class Batch:
     """One batch, prepared: the rows it adds (tuples in column order: ``records`` rows
     (seq, record_id, kind, ts, the flat keys, body), rules (seq, rule_id), nodes
-    (level, idx, hash)) and the pending rows it removes."""
+    (level, idx, hash)), the pending rows it removes and, on SQLite, how far into the inbox it
+    takes the log."""
 
     size: int  # the tree size it extends
     new_size: int
-    pending_ids: list[int] = field(default_factory=list)  # of its records, in sequence order
+    # Per record, in sequence order: its row in the database's audit_pending, to delete (None
+    # for one from the inbox, which is swept instead).
+    pending_ids: list[int | None] = field(default_factory=list)
     duplicate_ids: list[int] = field(default_factory=list)  # pending copies of sequenced ones
     duplicates: int = 0
     oldest: float | None = None  # Unix time of its oldest record, if the id tells it
+    inbox: str | None = None  # the inbox's identity, when the batch takes rows from it
+    # The inbox rows it takes, in id order: (id, the leaf it becomes, -1 for a duplicate).
+    inbox_rows: list[tuple[int, int]] = field(default_factory=list)
     record_rows: list[tuple[Any, ...]] = field(default_factory=list)
     rule_rows: list[tuple[int, str]] = field(default_factory=list)
     nodes: list[tuple[int, int, bytes]] = field(default_factory=list)
@@ -70,35 +77,60 @@ def plan(conn: Connection, limit: int) -> Batch:
     return build(*read(conn, limit))
 
 
-def read(conn: Connection, limit: int) -> tuple[Batch, list[bytes], merkle.Frontier | None]:
+def read(
+    conn: Connection,
+    limit: int,
+    inbox: tuple[Engine, str] | None = None,
+) -> tuple[Batch, list[bytes], merkle.Frontier | None]:
     """What the next batch is made of, read in the caller's transaction: the batch without its
     rows, the bodies of its fresh records and the frontier of the tree they extend (None when
     there are none). ``build`` then makes its rows, with no transaction needed (on SQLite a
-    read transaction held meanwhile would keep the WAL from being copied past it)."""
-    rows = conn.execute(
-        sa.select(pending.c.id, pending.c.record_id, pending.c.body)
-        .order_by(pending.c.id)
-        .limit(limit)
-    ).all()
+    read transaction held meanwhile would keep the WAL from being copied past it).
+
+    ``inbox``: the inbox's engine and identity; its rows above the log's mark follow the
+    database's own pending rows, as many as ``limit`` leaves room for."""
+    rows: list[Any] = list(
+        conn.execute(
+            sa.select(pending.c.id, pending.c.record_id, pending.c.body)
+            .order_by(pending.c.id)
+            .limit(limit)
+        ).all()
+    )
+    own = len(rows)
+    if inbox is not None:
+        engine, identity = inbox
+        rows.extend(take(engine, identity, read_mark(conn, identity), limit - own))
     size = tree_size(conn)
-    batch = Batch(size=size, new_size=size)
+    batch = Batch(size=size, new_size=size, inbox=inbox[1] if inbox and own < len(rows) else None)
     if not rows:
         return batch, [], None
-    ids = [row.record_id for row in rows]
     seen: set[str] = set()
-    for part in chunks(ids):
+    for part in chunks([row.record_id for row in rows]):
         seen.update(
             conn.scalars(sa.select(records.c.record_id).where(records.c.record_id.in_(part)))
         )
-    fresh = [row for row in rows if row.record_id not in seen]
-    batch.pending_ids = [row.id for row in fresh]
-    batch.duplicate_ids = [row.id for row in rows if row.record_id in seen]
-    batch.duplicates = len(seen)
-    batch.new_size = size + len(fresh)
+    bodies: list[bytes] = []
+    duplicates = 0
+    for position, row in enumerate(rows):
+        mine = position < own
+        if row.record_id in seen:  # in the log already, or earlier in this batch
+            duplicates += 1
+            if mine:
+                batch.duplicate_ids.append(row.id)
+            else:
+                batch.inbox_rows.append((row.id, -1))
+            continue
+        seen.add(row.record_id)
+        if not mine:
+            batch.inbox_rows.append((row.id, size + len(bodies)))
+        batch.pending_ids.append(row.id if mine else None)
+        bodies.append(bytes(row.body))
+    batch.duplicates = duplicates
+    batch.new_size = size + len(bodies)
     batch.oldest = id_time(rows[0].record_id)
-    if seen:
-        log.info("audit sequencer: %d pending records were already sequenced", len(seen))
-    return batch, [bytes(row.body) for row in fresh], load_frontier(conn, size)
+    if duplicates:
+        log.info("audit sequencer: %d pending records were already sequenced", duplicates)
+    return batch, bodies, load_frontier(conn, size)
 
 
 def build(batch: Batch, bodies: list[bytes], frontier: merkle.Frontier | None) -> Batch:
@@ -125,7 +157,7 @@ def build(batch: Batch, bodies: list[bytes], frontier: merkle.Frontier | None) -
 def apply(conn: Connection, batch: Batch) -> None:
     """Store the whole batch through SQLAlchemy, in the caller's transaction."""
     record_rows, rule_rows, node_rows = batch.record_rows, batch.rule_rows, batch.nodes
-    gone = batch.pending_ids + batch.duplicate_ids
+    gone = [i for i in batch.pending_ids if i is not None] + batch.duplicate_ids
     for table, names, rows in (
         (records, _RECORD_COLUMNS, record_rows),
         (record_rules, _RULE_COLUMNS, rule_rows),
@@ -144,11 +176,11 @@ def store_in_chunks(engine: Engine, gate: WriteGate, batch: Batch) -> None:
     with engine.connect() as conn:
         driver = conn.connection.dbapi_connection
         assert driver is not None
-        # Checkpointing the WAL inside a commit would hold the writer up as well; the end
-        # of the run does it, and the writer's checkpointer.
+        # Checkpointing the WAL inside a commit would make the transaction longer; the end of
+        # the run does it.
         driver.execute("PRAGMA wal_autocheckpoint=0")
         for lo, chunk in _chunks(batch, SQLITE_CHUNK):
-            statements = _chunk_statements(chunk)
+            statements = _chunk_statements(chunk, batch.inbox)
             with gate.background(), sqlite_write(driver):
                 (top,) = driver.execute(_SQLITE_TREE_TOP).fetchone()
                 if (0 if top is None else top + 1) != lo:  # only without the lock file
@@ -168,10 +200,11 @@ _SQLITE_DELETE = "DELETE FROM audit_pending WHERE id = ?"
 _SQLITE_INSERTS = [_insert_sql(table) for table in (records, record_rules, nodes)]
 
 
-_Rows = tuple[list, list, list, list[int]]  # record rows, rule rows, node rows, pending ids
+# record rows, rule rows, node rows, pending ids, the inbox mark after it (None: unchanged)
+_Rows = tuple[list, list, list, list[int], int | None]
 
 
-def _chunk_statements(rows: _Rows) -> list[tuple[str, list[tuple]]]:
+def _chunk_statements(rows: _Rows, inbox: str | None) -> list[tuple[str, list[tuple]]]:
     """The driver statements storing one chunk's rows."""
     out: list[tuple[str, list[tuple]]] = []
     for sql, part in zip(_SQLITE_INSERTS, rows[:3], strict=True):
@@ -179,13 +212,16 @@ def _chunk_statements(rows: _Rows) -> list[tuple[str, list[tuple]]]:
             out.append((sql, part))
     if rows[3]:
         out.append((_SQLITE_DELETE, [(pending_id,) for pending_id in rows[3]]))
+    if rows[4] is not None:
+        out.append((MARK_SQL, [(inbox, rows[4])]))
     return out
 
 
 def _chunks(batch: Batch, step: int) -> list[tuple[int, _Rows]]:
     """``batch`` cut into runs of ``step`` leaves, each with its first leaf's sequence number
-    and its rows: its records, their rules, the Merkle nodes its leaves complete, and the
-    pending rows it removes (the duplicates go with the first run). One pass over each list."""
+    and its rows: its records, their rules, the Merkle nodes its leaves complete, the pending
+    rows it removes (the duplicates go with the first run) and the inbox mark it sets: the
+    last inbox row before the first one stored by a later run. One pass over each list."""
     starts = list(range(batch.size, batch.new_size, step)) or [batch.size]
     rules: list[list] = [[] for _ in starts]
     completed: list[list] = [[] for _ in starts]
@@ -201,11 +237,18 @@ def _chunks(batch: Batch, step: int) -> list[tuple[int, _Rows]]:
         # A node of level L and index i is completed by leaf (i + 1) * 2**L - 1.
         level, idx, _ = node
         completed[run_of(((idx + 1) << level) - 1)].append(node)
+    inbox_rows, next_inbox = batch.inbox_rows, 0
     out = []
     for i, lo in enumerate(starts):
         first, last = lo - batch.size, min(lo + step, batch.new_size) - batch.size
-        gone = batch.pending_ids[first:last] + (batch.duplicate_ids if i == 0 else [])
-        out.append((lo, (batch.record_rows[first:last], rules[i], completed[i], gone)))
+        gone = [p for p in batch.pending_ids[first:last] if p is not None]
+        if i == 0:
+            gone += batch.duplicate_ids
+        mark = None
+        while next_inbox < len(inbox_rows) and inbox_rows[next_inbox][1] < lo + step:
+            mark = inbox_rows[next_inbox][0]  # a duplicate (-1) or stored by this run
+            next_inbox += 1
+        out.append((lo, (batch.record_rows[first:last], rules[i], completed[i], gone, mark)))
     return out
 
 

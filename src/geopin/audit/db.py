@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -50,9 +51,24 @@ def create_audit_engine(
         raise ConfigError(f"audit database must be SQLite or PostgreSQL, not {backend!r} ({url})")
     if parsed.database in (None, "", ":memory:"):
         raise ConfigError("the audit database must be a SQLite file, not an in-memory database")
-    engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S})
-    _configure_sqlite(engine, sqlite_synchronous)
+    return _sqlite_engine(parsed, sqlite_synchronous)
+
+
+def _sqlite_engine(url: sa.URL, synchronous: SqliteSync, **options: Any) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": _BUSY_TIMEOUT_S}, **options)
+    _configure_sqlite(engine, synchronous)
+    _SYNCHRONOUS[engine] = synchronous
     return engine
+
+
+_SYNCHRONOUS: weakref.WeakKeyDictionary[Engine, SqliteSync] = weakref.WeakKeyDictionary()
+
+
+def sqlite_engine_like(engine: Engine, path: str) -> Engine:
+    """An engine for another SQLite file, set up as ``engine`` is, that keeps no connection
+    open between uses (its users hold theirs, or open one now and then)."""
+    synchronous = _SYNCHRONOUS.get(engine, "NORMAL")
+    return _sqlite_engine(engine.url.set(database=path), synchronous, poolclass=sa.pool.NullPool)
 
 
 def _configure_sqlite(engine: Engine, synchronous: SqliteSync) -> None:

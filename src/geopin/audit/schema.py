@@ -3,7 +3,9 @@
 ``audit_pending`` takes records from every writer; the sequencer moves them, in pending order,
 into ``audit_records`` (one row per sequenced record, never updated except by a recorded prune),
 ``audit_record_rules`` and ``audit_nodes`` (the complete Merkle subtrees, level 0 = leaf hashes),
-and signs ``audit_checkpoints``. Flat columns duplicate fields of the hashed body for indexed
+and signs ``audit_checkpoints``. On SQLite the writers' records wait in a file of their own
+instead, the inbox (``geopin.audit.inbox``); ``audit_inbox_marks`` says how far into it the log
+goes. Flat columns duplicate fields of the hashed body for indexed
 queries; verification checks they agree with the body.
 """
 
@@ -95,4 +97,13 @@ checkpoints = Table(
     Column("root", LargeBinary(32), nullable=False),
     Column("note", Text, nullable=False),  # the signed note, verifiable without the database
     Column("created_at", String(32), nullable=False),
+)
+
+# On SQLite: per inbox (its random identity), the highest inbox id the log holds; updated in the
+# transaction that appends the records (``geopin.audit.inbox``).
+inbox_marks = Table(
+    "audit_inbox_marks",
+    metadata,
+    Column("inbox", String(), primary_key=True),
+    Column("sequenced_through", BigInteger, nullable=False),
 )

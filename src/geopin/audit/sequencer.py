@@ -7,10 +7,12 @@ columns, rules and every newly completed Merkle node, and deletes them from pend
 router process runs one in the background (whoever gets the lock does the work, the others
 return at once); ``geopin audit sequence`` runs one on demand.
 
-On PostgreSQL a batch is one transaction. On SQLite, whose single write lock the audit writer
-needs for every request, a batch is prepared in a read transaction and stored a few records per
-write transaction (``geopin.audit.batch``), and the background work runs at the lowest
-scheduling priority: the request path never waits long for the lock or the CPU.
+On PostgreSQL a batch is one transaction. On SQLite the writers' records wait in the inbox, a
+file of their own (``geopin.audit.inbox``): a batch takes them with a read, is stored a few
+records per write transaction of the log's file (``geopin.audit.batch``), and what the log
+holds is swept from the inbox now and then; the background work runs at the lowest scheduling
+priority: the request path never waits for the log's lock, nor long for the inbox's or the
+CPU.
 
 Every ``checkpoint_every`` records or ``checkpoint_interval_s`` seconds the tree head is signed,
 after checking it is consistent with the previous signed checkpoint: a sequencer refuses, loudly,
@@ -39,6 +41,7 @@ from geopin.audit.batch import Batch, apply, build, id_time, plan, read, store_i
 from geopin.audit.checkpoint import Checkpoint, SigningKey
 from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.inbox import Sweep, ensure, inbox_engine, read_mark, waiting
 from geopin.audit.lock import FileLock, background_priority, low_priority
 from geopin.audit.records import format_time
 from geopin.audit.schema import checkpoints, pending
@@ -98,6 +101,13 @@ class Sequencer:
         self.clock = clock
         self._file_lock = _file_lock(engine)
         self._gate = sqlite_write_gate(engine) or WriteGate()
+        self._inbox = inbox_engine(engine)
+        self._inbox_id: str | None = None  # its identity, read at each run
+        self._sweep = (
+            Sweep(self._inbox, sqlite_write_gate(self._inbox) or WriteGate())
+            if self._inbox is not None
+            else None
+        )
         self._storer: ThreadPoolExecutor | None = None
         self._signing = False  # a checkpoint is being signed in the current transaction
         self._pending_since: float | None = None  # oldest record seen pending, not yet taken
@@ -120,6 +130,7 @@ class Sequencer:
             return SequenceResult(0, 0, -1, None, True)
         try:
             result = self._run_batches(force_checkpoint, wait)
+            self._sweep_inbox(now=force_checkpoint)
         finally:
             if self._file_lock is not None:
                 self._file_lock.release()
@@ -163,6 +174,16 @@ class Sequencer:
                 self._pending_since = None
                 self._last_wait_s = first_wait or 0.0
                 return SequenceResult(sequenced, duplicates, size, signed)
+
+    def _sweep_inbox(self, *, now: bool) -> None:
+        """Delete what the log holds from the inbox, when that is due (``inbox.Sweep``)."""
+        if self._sweep is None or self._inbox_id is None:
+            return
+        with translate_errors("sweeping the audit inbox"):
+            with self.engine.connect() as conn:
+                mark = read_mark(conn, self._inbox_id)
+            if self._sweep.due(self._inbox_id, mark, now=now):
+                self._on_storer(self._sweep.run, self._inbox_id, mark)
 
     def _observe_pending(self) -> None:
         """Note the oldest pending record's time for ``sequencing_lag_s`` (one indexed row)."""
@@ -273,8 +294,10 @@ class Sequencer:
         stays, at the lowest priority on a busy core, keeps the WAL from being copied past
         it); SQLite's single write lock is taken only to store the rows (and sign, when a
         checkpoint is due)."""
+        assert self._inbox is not None
+        self._inbox_id = ensure(self._inbox)
         with self.engine.connect() as conn, conn.begin():
-            batch, bodies, frontier = read(conn, self.batch_size)
+            batch, bodies, frontier = read(conn, self.batch_size, (self._inbox, self._inbox_id))
             previous = latest_checkpoint(conn) if self.signing_key is not None else None
             final = sum(batch.counts()[:2]) < self.batch_size
             due = self.signing_key is not None and self._checkpoint_due(
@@ -291,7 +314,7 @@ class Sequencer:
                 stored_root = load_frontier(conn, batch.size).root()
                 self._check_extends(conn, previous.note, batch.size, stored_root)
         build(batch, bodies, frontier)  # the CPU work, with the read transaction ended
-        if batch.pending_ids or batch.duplicate_ids:
+        if batch.pending_ids or batch.duplicate_ids or batch.inbox_rows:
             self._on_storer(store_in_chunks, self.engine, self._gate, batch)
         if not due:
             return batch, None
@@ -381,10 +404,15 @@ def _file_lock(engine: Engine) -> FileLock | None:
 
 
 def _oldest_pending(conn: Connection) -> float | None:
-    first = conn.scalar(sa.select(pending.c.record_id).order_by(pending.c.id).limit(1))
-    if first is None:
-        return None
-    return id_time(first) or time.time()
+    found = [
+        id_time(first) or time.time()
+        for first in (
+            conn.scalar(sa.select(pending.c.record_id).order_by(pending.c.id).limit(1)),
+            waiting(conn)[1],
+        )
+        if first is not None
+    ]
+    return min(found, default=None)
 
 
 def _parse_time(text: str) -> datetime:

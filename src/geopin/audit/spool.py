@@ -2,9 +2,10 @@
 
 One canonical record per line (canonical JSON never contains a raw newline). Appends are
 fsync'd before ``AuditWriter.record()`` returns, so a spooled record is as durable as a
-committed one. Replay inserts the lines into the pending table (a record id already there is
-skipped) and only then empties the file, so a crash in between replays again without
-duplicating anything. Each router process needs its own spool file; an advisory lock guards
+committed one. Replay inserts the lines into the pending table and only then empties the
+file, so a crash in between replays them again; the copies never reach the log (PostgreSQL's
+pending table skips a record id it holds, and the sequencer drops a record the log or its batch
+already has). Each router process needs its own spool file; an advisory lock guards
 against two processes sharing one by mistake.
 """
 

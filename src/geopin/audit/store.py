@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from geopin.audit import merkle
 from geopin.audit.db import create_audit_engine, redact, translate_errors
+from geopin.audit.inbox import waiting
 from geopin.audit.schema import checkpoints, nodes, pending, records
 from geopin.errors import AuditError
 
@@ -118,7 +119,10 @@ def _checkpoint(row: Any) -> StoredCheckpoint:
 
 
 def pending_count(conn: Connection) -> int:
-    return int(conn.scalar(sa.select(sa.func.count()).select_from(pending)) or 0)
+    """Records waiting to be sequenced: the database's own pending rows and, on SQLite, the
+    inbox's (``geopin.audit.inbox``)."""
+    own = int(conn.scalar(sa.select(sa.func.count()).select_from(pending)) or 0)
+    return own + waiting(conn)[0]
 
 
 def inclusion_proof(conn: Connection, seq: int, size: int) -> list[bytes]:

@@ -1,7 +1,8 @@
 """AuditWriter: durable, group-committed audit writes for the asyncio router.
 
 ``await writer.record(record)`` returns only once the record is committed in the pending table
-(or fsync'd to the opt-in spool). Calls that arrive while a commit is running wait for the next
+(on SQLite the inbox's, a file of its own beside the database: ``geopin.audit.inbox``), or
+fsync'd to the opt-in spool. Calls that arrive while a commit is running wait for the next
 one, which takes them all in one transaction: under load a transaction carries many records,
 at rest a record waits for just its own commit. All database work runs in one thread of the
 writer's own, so the event loop never blocks and SQLite sees a single writer connection per
@@ -47,6 +48,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from geopin.audit.db import sqlite_write, sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.inbox import INSERT_SQL as INBOX_INSERT
+from geopin.audit.inbox import ensure, inbox_engine
 from geopin.audit.inline import LoopCommitter
 from geopin.audit.lock import background_priority
 from geopin.audit.migrate import check_schema
@@ -66,9 +69,6 @@ _WAL_RESTART_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 _WAL_LIMIT_FRAMES = 8192  # 32 MiB of 4 KiB pages: other processes keep the WAL from restarting
 _GATE_WAIT_S = 0.005  # how long a lone request's commit on the loop waits for this process's gate
 _EMPTY_WAIT_MS = 200  # how long emptying the WAL waits for other processes' transactions
-_SQLITE_INSERT = (
-    "INSERT INTO audit_pending (record_id, body) VALUES (?, ?) ON CONFLICT (record_id) DO NOTHING"
-)
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ class AuditWriter:
         request's commit); what it raises is logged, never passed on. ``commit_on_loop``:
         allow that lone-request commit on the loop (``geopin.audit.inline``)."""
         self.engine = engine
+        # Where the records go: on SQLite the inbox, on PostgreSQL the database itself.
+        self._target = inbox_engine(engine) or engine
         self.on_commit = on_commit
         self.spool = Spool(spool) if isinstance(spool, str | Path) else spool
         self.max_batch = max_batch
@@ -112,10 +114,14 @@ class AuditWriter:
         self.linger_s = linger_s
         self._check = check
         self._sqlite = engine.dialect.name == "sqlite"
-        self._gate = sqlite_write_gate(engine)
+        self._gate = sqlite_write_gate(self._target)
         self._on_loop = (
             LoopCommitter(
-                engine, self._gate, _SQLITE_INSERT, retry_s=retry_interval_s, wait_s=_GATE_WAIT_S
+                self._target,
+                self._gate,
+                INBOX_INSERT,
+                retry_s=retry_interval_s,
+                wait_s=_GATE_WAIT_S,
             )
             if self._gate is not None and commit_on_loop
             else None
@@ -147,9 +153,12 @@ class AuditWriter:
         if self._loop is not None:
             raise AuditError("AuditWriter already started")
         self._loop = asyncio.get_running_loop()
-        if self._check:
+        if self._check or self._sqlite:
             try:
-                await asyncio.to_thread(check_schema, self.engine)
+                if self._check:
+                    await asyncio.to_thread(check_schema, self.engine)
+                if self._sqlite:
+                    await asyncio.to_thread(self._open_inbox)
             except AuditUnavailable as exc:
                 if self.spool is None:
                     raise
@@ -164,6 +173,10 @@ class AuditWriter:
             )
             self._checkpointer.start()
         self._running = True
+
+    def _open_inbox(self) -> None:
+        with translate_errors(f"opening the audit inbox of {self.engine.url.database}"):
+            ensure(self._target)
 
     async def record(self, record: Mapping[str, Any], *, linger: bool = False) -> None:
         """Commit ``record`` durably; raise AuditUnavailable if it cannot be kept anywhere.
@@ -402,7 +415,7 @@ class AuditWriter:
         driver = self._sqlite_driver()
         assert self._gate is not None
         with self._gate.foreground(), sqlite_write(driver):
-            driver.executemany(_SQLITE_INSERT, rows)
+            driver.executemany(INBOX_INSERT, rows)
 
     def _finish_checkpoint(self, *, empty: bool = False) -> None:
         """A PASSIVE checkpoint with no other writer of this process at work: it copies what
@@ -440,7 +453,8 @@ class AuditWriter:
 
     def _sqlite_driver(self) -> Any:
         if self._driver is None:
-            raw = self.engine.raw_connection()
+            ensure(self._target)  # an inbox that could not be made at start, or was removed
+            raw = self._target.raw_connection()
             raw.detach()  # its pragma below must not reach the pool's other users
             self._raw, self._driver = raw, raw.dbapi_connection
             self._driver.execute("PRAGMA wal_autocheckpoint=0")
@@ -448,7 +462,7 @@ class AuditWriter:
 
     def _connection(self) -> sa.Connection:
         if self._conn is None:
-            self._conn = write_connection(self.engine)
+            self._conn = write_connection(self._target)
         return self._conn
 
     def _disconnect(self) -> None:
@@ -503,7 +517,7 @@ class AuditWriter:
             while not self._stopping.wait(self.wal_checkpoint_interval_s):
                 try:
                     if raw is None:
-                        raw = self.engine.raw_connection()
+                        raw = self._target.raw_connection()
                         raw.detach()
                     driver: Any = raw.dbapi_connection
                     _, frames, _ = driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

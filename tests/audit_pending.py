@@ -1,0 +1,32 @@
+"""The rows the audit writers committed, where geopin keeps them before they are sequenced:
+the database's own ``audit_pending`` and, on SQLite, the inbox beside it (``geopin.audit.inbox``;
+its rows stay there, at or below the log's mark, until swept)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from geopin.audit.inbox import inbox_path
+from geopin.audit.schema import pending
+
+
+def pending_rows(engine: Engine) -> list[tuple[str, bytes]]:
+    """(record id, body) of every pending row: the database's, then the inbox's, in id order."""
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.select(pending.c.record_id, pending.c.body))]
+    path = inbox_path(engine)
+    if path is not None:
+        inbox = sa.create_engine(f"sqlite:///{path}")
+        try:
+            if sa.inspect(inbox).has_table("audit_pending"):
+                with inbox.connect() as conn:
+                    query = sa.select(pending.c.record_id, pending.c.body).order_by(pending.c.id)
+                    rows += [tuple(r) for r in conn.execute(query)]
+        finally:
+            inbox.dispose()
+    return [(rid, bytes(body)) for rid, body in rows]
+
+
+def pending_ids(engine: Engine) -> list[str]:
+    return [rid for rid, _ in pending_rows(engine)]
