@@ -121,8 +121,12 @@ class Served:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.process.terminate()  # drained: every worker goes with it
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
         self.stderr.close()
 
 
@@ -284,6 +288,49 @@ def test_two_workers_share_the_audit_database(served, mocks):
     # Each worker wrote the access lines it still held in a batch before it exited.
     logged = {line.get("decision_id") for line in router.access_lines()}
     assert set(decisions) <= logged
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    out = []
+    for pid in map(int, children):
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            out.append(pid)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not reaped it yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_the_workers_of_a_killed_supervisor_drain_and_exit(served, mocks):
+    """SIGKILL leaves nobody to pass SIGTERM on: the workers notice their parent is gone and
+    drain as on SIGTERM, instead of serving on, unsupervised, on the port."""
+    router = served(mocks("eu-se").url, workers=2)
+    deadline = time.monotonic() + 30
+    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == 2, workers
+    answer = httpx.post(
+        router.url + "/v1/chat/completions", json=chat_body(), headers=router.headers(), timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    router.process.kill()
+    router.process.wait(10)
+    deadline = time.monotonic() + 30
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), "workers still running after their supervisor died"
+    assert router.log().count("is gone: draining and exiting") == 2
+    with pytest.raises(httpx.TransportError):
+        httpx.get(router.url + "/_geopin/healthz", timeout=2)
 
 
 def test_an_admin_reload_reaches_every_worker(served, mocks, tmp_path):

@@ -15,7 +15,8 @@ A second SIGINT (Ctrl-C twice) cuts the drain short; the shutdown of step 3 stil
 With ``workers > 1`` the parent binds the socket once and starts each worker in its own
 process (spawned, so nothing of the parent's state is shared); SIGTERM or SIGINT to the parent
 is passed to every worker as SIGTERM and the parent waits for them to drain, SIGHUP is passed
-on so every worker reloads its policy.
+on so every worker reloads its policy. A worker whose parent dies (SIGKILL, a crash) drains and
+exits within a second or two as on SIGTERM, rather than serve on with nobody supervising it.
 """
 
 from __future__ import annotations
@@ -187,6 +188,16 @@ def _signal(process: Any, sig: int) -> None:
             pass
 
 
+def _drain_when_orphaned(supervisor: int, interval_s: float = 1.0) -> None:
+    """A worker whose supervisor died (SIGKILL, a crash) would go on serving, on the shared
+    socket, with no one to pass signals on or restart it, and keep the port from the next
+    start: once it notices it has a new parent, it drains and exits as on SIGTERM."""
+    while os.getppid() == supervisor:
+        time.sleep(interval_s)
+    log.warning("supervisor process %d is gone: draining and exiting", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(
     config: uvicorn.Config,
     sockets: list[socket.socket],
@@ -194,11 +205,15 @@ def _worker(
     logging_options: Mapping[str, Any],
 ) -> None:
     """A worker process: its own logging, its own application (built by the factory)."""
-    os.environ[SUPERVISOR_ENV] = str(os.getppid())  # an admin reload reaches every worker
+    supervisor = os.getppid()
+    os.environ[SUPERVISOR_ENV] = str(supervisor)  # an admin reload reaches every worker
     # Until its reloader takes SIGHUP over, a starting worker ignores it (it is loading the
     # files anyway); the default action would kill it, and a death so early stops them all.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(**logging_options)
+    threading.Thread(
+        target=_drain_when_orphaned, args=(supervisor,), name="geopin-supervisor", daemon=True
+    ).start()
     try:
         GracefulServer(config, grace_s).run(sockets=sockets)
     finally:
