@@ -70,10 +70,11 @@ def test_sequenced_rows_wait_above_the_mark_until_swept(sqlite):
     add_pending(sqlite, more)
     result = Sequencer(sqlite).run_once(force_checkpoint=True)  # a new sequencer: the mark
     assert result.sequenced == 2 and result.duplicates == 0  # nothing taken twice
-    assert _inbox_ids(sqlite) == []  # forced: swept
+    assert _inbox_ids(sqlite) == [7]  # forced: swept, but for the newest row...
+    assert pending_count_of(sqlite) == 0  # ...which the log holds
     last = make_record(9)
     add_pending(sqlite, [last])
-    assert _inbox_ids(sqlite) == [8]  # ids never go back, even after the table was emptied
+    assert _inbox_ids(sqlite) == [7, 8]  # so ids never go back
     assert Sequencer(sqlite).run_once().sequenced == 1
     assert _sequenced(sqlite) == [r["id"] for r in [*batch, *more, last]]
 
@@ -97,6 +98,7 @@ def test_the_sweep_deletes_only_what_the_log_holds_a_chunk_per_transaction(sqlit
     assert not sweep.due(identity, 10)  # 3 behind: not yet
     assert sweep.run("another-inbox", 10) == 0  # a mark of another inbox deletes nothing
     assert _inbox_ids(sqlite) == [8, 9, 10]
+    assert sweep.run(identity, 10) == 2 and _inbox_ids(sqlite) == [10]  # the newest stays
 
 
 def test_a_replaced_inbox_starts_from_nothing(sqlite):
@@ -125,7 +127,7 @@ def test_the_databases_own_pending_rows_go_first_and_a_record_in_both_goes_once(
     result = Sequencer(sqlite).run_once(force_checkpoint=True)
     assert result.sequenced == 6 and result.duplicates == 1
     assert _sequenced(sqlite) == [r["id"] for r in own + inboxed[1:]]
-    assert pending_count_of(sqlite) == 0 and pending_ids(sqlite) == []
+    assert pending_count_of(sqlite) == 0 and _inbox_ids(sqlite) == [4]  # the newest stays
 
 
 def test_a_batch_limit_splits_across_both_places(sqlite):
@@ -152,7 +154,7 @@ def test_a_crash_after_the_append_and_before_the_sweep_repeats_nothing(sqlite, m
     monkeypatch.undo()
     assert _inbox_ids(sqlite) == [1, 2, 3, 4, 5, 6] and pending_count_of(sqlite) == 0
     result = Sequencer(sqlite).run_once(force_checkpoint=True)
-    assert result.sequenced == 0 and result.duplicates == 0 and _inbox_ids(sqlite) == []
+    assert result.sequenced == 0 and result.duplicates == 0 and _inbox_ids(sqlite) == [6]
     assert len(_sequenced(sqlite)) == 6
 
 

@@ -7,8 +7,9 @@ most of the router's added p99 at concurrency 1 (``bench/README.md``). So on SQL
 writers insert into ``audit_pending`` in ``<database>-pending`` beside the database, and the
 sequencer, which appends to the log in the database's own file, only reads the inbox:
 
-- Inbox ids never go back (``AUTOINCREMENT``: emptying the table does not reuse them), and a
-  row becomes visible only once committed, in id order (one writer at a time).
+- Inbox ids never go back, and a row becomes visible only once committed, in id order (one
+  writer at a time). An id is one above the highest in the table, and the sweep always leaves
+  the newest row (``AUTOINCREMENT`` would guarantee it too, at a quarter of every commit).
 - The log keeps, in ``audit_inbox_marks``, the highest inbox id it holds, written in the same
   transaction as the records it appends: the sequencer takes the rows above it, so a crash
   between the append and anything after it loses or repeats nothing.
@@ -47,7 +48,7 @@ SUFFIX = "-pending"
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS audit_pending ("
-    "id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "id INTEGER PRIMARY KEY, "
     "record_id VARCHAR NOT NULL, "
     "body BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_inbox_id (uuid VARCHAR NOT NULL)",
@@ -161,7 +162,8 @@ class Sweep:
         return now or behind >= self.every or time.monotonic() - self._last >= self.interval_s
 
     def run(self, identity: str, mark: int) -> int:
-        """Delete the inbox's rows up to id ``mark``; how many went."""
+        """Delete the inbox's rows up to id ``mark``, but for the newest row of all (which keeps
+        the next id above it); how many went."""
         deleted = 0
         with self.inbox.connect() as conn:
             driver = conn.connection.dbapi_connection
@@ -174,7 +176,8 @@ class Sweep:
                         return deleted
                     gone = driver.execute(
                         "DELETE FROM audit_pending WHERE id IN (SELECT id FROM audit_pending "
-                        "WHERE id <= ? ORDER BY id LIMIT ?)",
+                        "WHERE id <= ? AND id < (SELECT max(id) FROM audit_pending) "
+                        "ORDER BY id LIMIT ?)",
                         (mark, self.chunk),
                     ).rowcount
                 deleted += gone
