@@ -18,3 +18,12 @@ def engine(database_url: str) -> Iterator[Engine]:
     upgrade(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[Engine]:
+    """A migrated audit database in a SQLite file, whatever the database under test."""
+    eng = create_audit_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+    upgrade(eng)
+    yield eng
+    eng.dispose()

@@ -21,14 +21,6 @@ from geopin.audit.store import pending_count
 from geopin.audit.verify import verify_log
 
 
-@pytest.fixture
-def sqlite(tmp_path):
-    engine = create_audit_engine(f"sqlite:///{tmp_path / 'audit.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
 def _sequenced(engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.scalars(sa.select(records.c.record_id).order_by(records.c.seq)))
@@ -44,39 +36,39 @@ def _identity(engine) -> str:
     return ensure(inbox)
 
 
-def test_the_inbox_is_a_file_beside_the_database_and_postgres_has_none(sqlite, tmp_path):
-    assert inbox_path(sqlite) == os.path.realpath(tmp_path / "audit.db") + "-pending"
+def test_the_inbox_is_a_file_beside_the_database_and_postgres_has_none(sqlite_engine, tmp_path):
+    assert inbox_path(sqlite_engine) == os.path.realpath(tmp_path / "audit.db") + "-pending"
     pg = sa.create_engine("postgresql+psycopg://u@127.0.0.1:1/x")
     assert inbox_path(pg) is None and inbox_engine(pg) is None
 
 
-def test_ensure_creates_it_once_with_a_lasting_identity(sqlite):
-    inbox = inbox_engine(sqlite)
+def test_ensure_creates_it_once_with_a_lasting_identity(sqlite_engine):
+    inbox = inbox_engine(sqlite_engine)
     first = ensure(inbox)
     assert len(first) == 32 and ensure(inbox) == first  # the same file keeps its identity
 
 
-def test_sequenced_rows_wait_above_the_mark_until_swept(sqlite):
+def test_sequenced_rows_wait_above_the_mark_until_swept(sqlite_engine):
     batch = [make_record(n) for n in range(5)]
-    add_pending(sqlite, batch)
-    assert pending_count_of(sqlite) == 5
-    result = Sequencer(sqlite).run_once()  # not forced: the sweep is not due yet
-    assert result.sequenced == 5 and _sequenced(sqlite) == [r["id"] for r in batch]
-    assert _inbox_ids(sqlite) == [1, 2, 3, 4, 5]  # still there...
-    with sqlite.connect() as conn:
-        assert read_mark(conn, _identity(sqlite)) == 5  # ...but below the log's mark
+    add_pending(sqlite_engine, batch)
+    assert pending_count_of(sqlite_engine) == 5
+    result = Sequencer(sqlite_engine).run_once()  # not forced: the sweep is not due yet
+    assert result.sequenced == 5 and _sequenced(sqlite_engine) == [r["id"] for r in batch]
+    assert _inbox_ids(sqlite_engine) == [1, 2, 3, 4, 5]  # still there...
+    with sqlite_engine.connect() as conn:
+        assert read_mark(conn, _identity(sqlite_engine)) == 5  # ...but below the log's mark
         assert pending_count(conn) == 0
     more = [make_outcome(n) for n in range(2)]
-    add_pending(sqlite, more)
-    result = Sequencer(sqlite).run_once(force_checkpoint=True)  # a new sequencer: the mark
+    add_pending(sqlite_engine, more)
+    result = Sequencer(sqlite_engine).run_once(force_checkpoint=True)  # a new sequencer: the mark
     assert result.sequenced == 2 and result.duplicates == 0  # nothing taken twice
-    assert _inbox_ids(sqlite) == [7]  # forced: swept, but for the newest row...
-    assert pending_count_of(sqlite) == 0  # ...which the log holds
+    assert _inbox_ids(sqlite_engine) == [7]  # forced: swept, but for the newest row...
+    assert pending_count_of(sqlite_engine) == 0  # ...which the log holds
     last = make_record(9)
-    add_pending(sqlite, [last])
-    assert _inbox_ids(sqlite) == [7, 8]  # so ids never go back
-    assert Sequencer(sqlite).run_once().sequenced == 1
-    assert _sequenced(sqlite) == [r["id"] for r in [*batch, *more, last]]
+    add_pending(sqlite_engine, [last])
+    assert _inbox_ids(sqlite_engine) == [7, 8]  # so ids never go back
+    assert Sequencer(sqlite_engine).run_once().sequenced == 1
+    assert _sequenced(sqlite_engine) == [r["id"] for r in [*batch, *more, last]]
 
 
 def pending_count_of(engine) -> int:
@@ -84,83 +76,85 @@ def pending_count_of(engine) -> int:
         return pending_count(conn)
 
 
-def test_the_sweep_deletes_only_what_the_log_holds_a_chunk_per_transaction(sqlite):
-    add_pending(sqlite, [make_record(n) for n in range(10)])
-    inbox = inbox_engine(sqlite)
+def test_the_sweep_deletes_only_what_the_log_holds_a_chunk_per_transaction(sqlite_engine):
+    add_pending(sqlite_engine, [make_record(n) for n in range(10)])
+    inbox = inbox_engine(sqlite_engine)
     identity = ensure(inbox)
     sweep = Sweep(inbox, sqlite_write_gate(inbox), every=4, interval_s=3600)
     sweep.chunk = 3
     assert not sweep.due(identity, 3) and sweep.due(identity, 4)
     assert sweep.due(identity, 1, now=True)
     assert sweep.run(identity, 7) == 7
-    assert _inbox_ids(sqlite) == [8, 9, 10]
+    assert _inbox_ids(sqlite_engine) == [8, 9, 10]
     assert not sweep.due(identity, 7, now=True)  # nothing more below that mark
     assert not sweep.due(identity, 10)  # 3 behind: not yet
     assert sweep.run("another-inbox", 10) == 0  # a mark of another inbox deletes nothing
-    assert _inbox_ids(sqlite) == [8, 9, 10]
-    assert sweep.run(identity, 10) == 2 and _inbox_ids(sqlite) == [10]  # the newest stays
+    assert _inbox_ids(sqlite_engine) == [8, 9, 10]
+    assert sweep.run(identity, 10) == 2 and _inbox_ids(sqlite_engine) == [10]  # the newest stays
 
 
-def test_a_replaced_inbox_starts_from_nothing(sqlite):
+def test_a_replaced_inbox_starts_from_nothing(sqlite_engine):
     """The mark belongs to an inbox's identity: a new inbox's ids start again at 1, and none
     of its records is taken for one the log already holds."""
     first = [make_record(n) for n in range(4)]
-    add_pending(sqlite, first)
-    Sequencer(sqlite).run_once()
-    path = inbox_path(sqlite)
+    add_pending(sqlite_engine, first)
+    Sequencer(sqlite_engine).run_once()
+    path = inbox_path(sqlite_engine)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     second = [make_record(n) for n in range(4, 6)]
-    add_pending(sqlite, second)
-    assert _inbox_ids(sqlite) == [1, 2] and pending_count_of(sqlite) == 2
-    assert Sequencer(sqlite).run_once().sequenced == 2
-    assert _sequenced(sqlite) == [r["id"] for r in first + second]
+    add_pending(sqlite_engine, second)
+    assert _inbox_ids(sqlite_engine) == [1, 2] and pending_count_of(sqlite_engine) == 2
+    assert Sequencer(sqlite_engine).run_once().sequenced == 2
+    assert _sequenced(sqlite_engine) == [r["id"] for r in first + second]
 
 
-def test_the_databases_own_pending_rows_go_first_and_a_record_in_both_goes_once(sqlite):
+def test_the_databases_own_pending_rows_go_first_and_a_record_in_both_goes_once(sqlite_engine):
     own = [make_record(n) for n in range(3)]
     inboxed = [own[2], *(make_record(n) for n in range(3, 6))]  # own[2] in both places
-    add_pending(sqlite, own, own_table=True)
-    add_pending(sqlite, inboxed)
-    assert pending_count_of(sqlite) == 7  # counted in both: it waits in both
-    result = Sequencer(sqlite).run_once(force_checkpoint=True)
+    add_pending(sqlite_engine, own, own_table=True)
+    add_pending(sqlite_engine, inboxed)
+    assert pending_count_of(sqlite_engine) == 7  # counted in both: it waits in both
+    result = Sequencer(sqlite_engine).run_once(force_checkpoint=True)
     assert result.sequenced == 6 and result.duplicates == 1
-    assert _sequenced(sqlite) == [r["id"] for r in own + inboxed[1:]]
-    assert pending_count_of(sqlite) == 0 and _inbox_ids(sqlite) == [4]  # the newest stays
+    assert _sequenced(sqlite_engine) == [r["id"] for r in own + inboxed[1:]]
+    assert pending_count_of(sqlite_engine) == 0 and _inbox_ids(sqlite_engine) == [
+        4
+    ]  # the newest stays
 
 
-def test_a_batch_limit_splits_across_both_places(sqlite):
+def test_a_batch_limit_splits_across_both_places(sqlite_engine):
     own = [make_record(n) for n in range(3)]
     inboxed = [make_record(n) for n in range(3, 8)]
-    add_pending(sqlite, own, own_table=True)
-    add_pending(sqlite, inboxed)
-    sequencer = Sequencer(sqlite, batch_size=2)
+    add_pending(sqlite_engine, own, own_table=True)
+    add_pending(sqlite_engine, inboxed)
+    sequencer = Sequencer(sqlite_engine, batch_size=2)
     assert sequencer.run_once().sequenced == 8
-    assert _sequenced(sqlite) == [r["id"] for r in own + inboxed]
+    assert _sequenced(sqlite_engine) == [r["id"] for r in own + inboxed]
 
 
-def test_a_crash_after_the_append_and_before_the_sweep_repeats_nothing(sqlite, monkeypatch):
+def test_a_crash_after_the_append_and_before_the_sweep_repeats_nothing(sqlite_engine, monkeypatch):
     """The mark goes with the append, in one transaction: a sweep that never happened (a
     crash, a failure) leaves rows in the inbox that no sequencer takes again."""
-    add_pending(sqlite, [make_record(n) for n in range(6)])
+    add_pending(sqlite_engine, [make_record(n) for n in range(6)])
 
     def crash(self, identity, mark):
         raise OSError("power cut")
 
     monkeypatch.setattr(Sweep, "run", crash)
     with pytest.raises(Exception, match="power cut"):
-        Sequencer(sqlite).run_once(force_checkpoint=True)
+        Sequencer(sqlite_engine).run_once(force_checkpoint=True)
     monkeypatch.undo()
-    assert _inbox_ids(sqlite) == [1, 2, 3, 4, 5, 6] and pending_count_of(sqlite) == 0
-    result = Sequencer(sqlite).run_once(force_checkpoint=True)
-    assert result.sequenced == 0 and result.duplicates == 0 and _inbox_ids(sqlite) == [6]
-    assert len(_sequenced(sqlite)) == 6
+    assert _inbox_ids(sqlite_engine) == [1, 2, 3, 4, 5, 6] and pending_count_of(sqlite_engine) == 0
+    result = Sequencer(sqlite_engine).run_once(force_checkpoint=True)
+    assert result.sequenced == 0 and result.duplicates == 0 and _inbox_ids(sqlite_engine) == [6]
+    assert len(_sequenced(sqlite_engine)) == 6
 
 
-def test_a_reader_never_creates_the_inbox(sqlite):
-    assert pending_count_of(sqlite) == 0
-    assert not os.path.exists(inbox_path(sqlite))
+def test_a_reader_never_creates_the_inbox(sqlite_engine):
+    assert pending_count_of(sqlite_engine) == 0
+    assert not os.path.exists(inbox_path(sqlite_engine))
 
 
 @settings(
@@ -229,17 +223,19 @@ def test_a_database_from_before_the_inbox_upgrades_and_its_pending_records_are_k
     engine.dispose()
 
 
-def test_an_inbox_that_cannot_be_opened_at_start_spools_and_is_made_once_it_can(sqlite, tmp_path):
+def test_an_inbox_that_cannot_be_opened_at_start_spools_and_is_made_once_it_can(
+    sqlite_engine, tmp_path
+):
     import asyncio
 
     from geopin.audit.writer import AuditWriter
 
-    blocker = inbox_path(sqlite)
+    blocker = inbox_path(sqlite_engine)
     os.mkdir(blocker)  # a directory where the inbox file should be: SQLite cannot open it
     first, second = make_record(1), make_record(2)
 
     async def main():
-        writer = AuditWriter(sqlite, spool=tmp_path / "spool", retry_interval_s=0.05)
+        writer = AuditWriter(sqlite_engine, spool=tmp_path / "spool", retry_interval_s=0.05)
         await writer.start()  # the inbox is unusable: records go to the spool
         await writer.record(first)
         assert writer.stats().spooled == 1
@@ -250,6 +246,6 @@ def test_an_inbox_that_cannot_be_opened_at_start_spools_and_is_made_once_it_can(
         return writer.stats()
 
     stats = asyncio.run(main())
-    assert stats.spool_backlog == 0 and sorted(pending_ids(sqlite)) == sorted(
+    assert stats.spool_backlog == 0 and sorted(pending_ids(sqlite_engine)) == sorted(
         [first["id"], second["id"]]
     )

@@ -7,7 +7,6 @@ import sqlite3
 import threading
 import time
 
-import pytest
 from audit_factories import make_record
 
 from audit_pending import pending_ids
@@ -17,14 +16,6 @@ from geopin.audit.inbox import inbox_engine, inbox_path
 from geopin.audit.migrate import upgrade
 from geopin.audit.records import encode
 from geopin.audit.writer import AuditWriter
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path):
-    engine = create_audit_engine(f"sqlite:///{tmp_path / 'audit.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def _encoded(n: int) -> tuple[str, bytes]:
