@@ -123,11 +123,16 @@ def test_another_tenant_or_place_has_its_own_home_and_never_reaches_the_first(
     assert t2.status_code == 200 and t2.headers["x-geopin-endpoint"] == "eu-fr"
     chat = router.post(headers=router.headers("t2", country="DE"))  # its gpt-4o calls: any EU
     assert chat.status_code == 200
-    # A US client of the same tenant: its home is in the US, where the EU file is not.
-    before = requests_seen(upstreams[home])
+    # A US client of the same tenant: the file lives in the EU, where a US request may not be
+    # processed. Refused, naming where it was made; asked of neither endpoint.
+    before = requests_seen(upstreams[home]), requests_seen(upstreams["us"])
     us = _get(router, f"/v1/files/{file_id}", router.headers(country="US"))
-    assert us.status_code == 404 and us.headers["x-geopin-endpoint"] == "us"
-    assert requests_seen(upstreams[home]) == before
+    assert us.status_code == 451 and us.json()["error"]["code"] == "endpoint_not_permitted"
+    assert f"where {file_id} was made" in us.json()["error"]["message"]
+    assert (requests_seen(upstreams[home]), requests_seen(upstreams["us"])) == before
+    # One it never saw made (another router's, say) goes to the US client's home, in the US.
+    elsewhere = _get(router, "/v1/files/file-made-elsewhere", router.headers(country="US"))
+    assert elsewhere.status_code == 404 and elsewhere.headers["x-geopin-endpoint"] == "us"
 
 
 def test_any_models_deny_refuses_a_call_naming_no_model(router: Router, upstreams):

@@ -19,7 +19,7 @@ def _json_tap(body: dict) -> UsageTap:
 
 def test_json_body_usage_is_read():
     tap = _json_tap({"usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
-    assert tap.usage() == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert tap.read()[0] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
     assert tap.bytes_out > 0
 
 
@@ -27,14 +27,14 @@ def test_stream_usage_comes_from_its_last_events():
     tap = UsageTap(b"text/event-stream", None)
     tap.feed(b'data: {"choices": []}\n\n' * 2000)  # far more than the tail kept
     tap.feed(b'data: {"usage": {"prompt_tokens": 4, "completion_tokens": 9}}\n\ndata: [DONE]\n\n')
-    assert tap.usage() == {"prompt_tokens": 4, "completion_tokens": 9}
+    assert tap.read()[0] == {"prompt_tokens": 4, "completion_tokens": 9}
     assert tap._size <= 2 * TAIL
 
 
 def test_anthropic_message_start_usage():
     tap = UsageTap(b"text/event-stream; charset=utf-8", None)
     tap.feed(b'event: message_start\ndata: {"message": {"usage": {"input_tokens": 7}}}\n\n')
-    assert tap.usage() == {"input_tokens": 7}
+    assert tap.read()[0] == {"input_tokens": 7}
 
 
 def test_odd_counts_are_left_out_and_the_record_stays_writable():
@@ -51,7 +51,7 @@ def test_odd_counts_are_left_out_and_the_record_stays_writable():
             }
         }
     )
-    usage = tap.usage()
+    usage = tap.read()[0]
     assert usage == {"prompt_tokens": 3}
     record = outcome_record(
         decision_id="dec-1",
@@ -67,11 +67,11 @@ def test_odd_counts_are_left_out_and_the_record_stays_writable():
 
 
 def test_no_usage_from_bodies_that_are_not_json_or_too_big():
-    assert _json_tap({"id": "x"}).usage() is None
+    assert _json_tap({"id": "x"}).read()[0] is None
     garbage = UsageTap(b"application/json", 5)
     garbage.feed(b"{not json")
-    assert garbage.usage() is None
+    assert garbage.read()[0] is None
     unknown_length = UsageTap(b"application/json", None)
     unknown_length.feed(b'{"usage": {"prompt_tokens": 1}}')
-    assert unknown_length.usage() is None
-    assert UsageTap(b"text/plain", 10).usage() is None
+    assert unknown_length.read()[0] is None
+    assert UsageTap(b"text/plain", 10).read()[0] is None

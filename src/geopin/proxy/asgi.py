@@ -39,11 +39,13 @@ from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.request import (
     AZURE_PREFIX,
     ClientGone,
+    Pin,
     affinity_key,
     call_api,
     client_trace_id,
     content_type,
     declared_data_class,
+    object_pin,
     parse_call,
     pinned_endpoint,
     read_body,
@@ -229,6 +231,8 @@ class ProxyApp:
         if error is not None:
             return error
         assert call is not None
+        if pin is None:
+            pin = object_pin(state, self.runtime.objects, tenant, call)
 
         client, location = self._locate(state, scope, headers)
         exchange.location = location
@@ -300,19 +304,22 @@ class ProxyApp:
         call: ClientCall,
         tenant: str | None,
         ip: Any,
-        pin: str | None,
+        pin: Pin | None,
     ) -> tuple[Endpoint, ...]:
         """The endpoints to try, in order: always the decision's candidates that speak the
         client's API (the record names the first, the one meant to process the request).
 
         A model call gets routing's failover order; a call that names no model goes to its
-        tenant's home endpoint only (its objects live there); ``X-Geopin-Endpoint`` narrows
-        either to the endpoint it names, and to none when that is not a candidate.
+        tenant's home endpoint only (its objects live there); a pin (``X-Geopin-Endpoint``, or
+        the endpoint an object the call names was made at) narrows either to that endpoint, and
+        to none when it is not a candidate.
         """
         api = call.api
         if pin is not None:
             return tuple(
-                e for e in decision.candidates if e.id == pin and API_OF_KIND[e.kind] == api
+                e
+                for e in decision.candidates
+                if e.id == pin.endpoint and API_OF_KIND[e.kind] == api
             )
         if call.model is None:
             ranked = zip(decision.candidates, decision.candidate_ranks, strict=True)
@@ -330,18 +337,19 @@ class ProxyApp:
         call: ClientCall,
         decision: Decision,
         decision_id: str,
-        pin: str,
+        pin: Pin,
         exchange: Exchange,
         started: float,
     ) -> ErrorResponse:
-        """The endpoint the client named cannot take the request; the outcome says so."""
+        """The endpoint the call is pinned to cannot take the request; the outcome says so."""
         error = refusal.endpoint_refused(
-            decision, decision_id, state.policy.endpoints[pin], call.model, call.api
-        )
+            decision, decision_id, state.policy.endpoints[pin.endpoint], call.model, call.api,
+            by=pin.by,
+        )  # fmt: skip
         record_outcome(
             self.runtime, exchange, call, decision, decision_id, started,
             endpoint=None, attempts=[], status=error.status, bytes_out=None, usage=None,
-            error=f"the endpoint named by X-Geopin-Endpoint, {pin}, is not a candidate",
+            error=f"the endpoint pinned ({pin.by}), {pin.endpoint}, is not a candidate",
         )  # fmt: skip
         return error
 

@@ -151,11 +151,15 @@ async def forward(
         )
         tap, error = await _relay(response, endpoint, decision_id, receive, send, metrics, started)
         exchange.bytes_out = tap.bytes_out
+        stored = isinstance(call.body, dict) and call.body.get("store") is True
+        usage, made = tap.read(stored_completion=stored)
+        if made is not None and error is None and response.status < 300:
+            runtime.objects.learn(exchange.tenant, made, endpoint.id)  # its later calls go there
         # The upstream's token counts, for telemetry and the record; a call that names no model
         # ran none (a stored response read back carries the usage of the call that made it).
-        usage = None
-        if call.model is not None:
-            usage = tap.usage()
+        if call.model is None:
+            usage = None
+        else:
             observe_usage(
                 exchange,
                 usage if error is None else None,

@@ -134,16 +134,23 @@ def api_not_served(decision_id: str, model: str | None, api: str) -> ErrorRespon
 
 
 def endpoint_refused(
-    decision: Decision, decision_id: str, endpoint: Endpoint, model: str | None, api: str
+    decision: Decision,
+    decision_id: str,
+    endpoint: Endpoint,
+    model: str | None,
+    api: str,
+    *,
+    by: str = "X-Geopin-Endpoint",
 ) -> ErrorResponse:
-    """The endpoint the client named (``X-Geopin-Endpoint``) cannot take this request: 451
-    when it processes outside the decision's permitted places, 400 when it is permitted but
-    does not serve the call (its model, or its API)."""
+    """The endpoint the call is pinned to (``by`` names what pinned it: ``X-Geopin-Endpoint``,
+    or the object it names) cannot take this request: 451 when it processes outside the
+    decision's permitted places, 400 when it is permitted but does not serve the call (its
+    model, or its API)."""
     if endpoint.processes_within(decision.permitted_places()):
         what = "calls naming no model" if model is None else f"model '{model}'"
         return error_response(
             400,
-            f"endpoint '{endpoint.id}' (X-Geopin-Endpoint) does not serve {what} through "
+            f"endpoint '{endpoint.id}' ({by}) does not serve {what} through "
             + _api_name(api, model),
             "invalid_request_error",
             "endpoint_cannot_serve",
@@ -151,7 +158,7 @@ def endpoint_refused(
         )
     where = endpoint.subdivision or endpoint.country
     reason = (
-        f"endpoint '{endpoint.id}' (X-Geopin-Endpoint) processes in {where}, where this "
+        f"endpoint '{endpoint.id}' ({by}) processes in {where}, where this "
         f"request may not be processed ({decision.reason})"
     )
     return error_response(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from geopin.proxy import refusal
 from geopin.proxy.form import FormError, FormModel, NoModelField, form_model, is_multipart
+from geopin.proxy.objects import ObjectHomes, named_objects
 from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.state import RuntimeState
 from geopin.proxy.upstream import Api, ClientCall
@@ -71,10 +72,18 @@ def declared_data_class(state: RuntimeState, headers: list) -> tuple[str | None,
     return None, None
 
 
-def pinned_endpoint(state: RuntimeState, headers: list) -> tuple[str | None, Any]:
+class Pin(NamedTuple):
+    """The one endpoint a call must go to, if the decision lets it: it only narrows the
+    decision's candidates to that one."""
+
+    endpoint: str
+    by: str  # what named it, for messages: "X-Geopin-Endpoint", "where resp_1 was made"
+
+
+def pinned_endpoint(state: RuntimeState, headers: list) -> tuple[Pin | None, Any]:
     """The endpoint the client names with ``X-Geopin-Endpoint`` (the one an earlier answer
-    named: the endpoint holding a file or a stored response). It only narrows the decision's
-    candidates to that one; a name the catalogue does not hold is a 400."""
+    named: the endpoint holding a file or a stored response); a name the catalogue does not
+    hold is a 400."""
     for name, value in headers:
         if name == ENDPOINT_PIN_HEADER:
             wanted = value.decode("latin-1").strip()
@@ -83,8 +92,19 @@ def pinned_endpoint(state: RuntimeState, headers: list) -> tuple[str | None, Any
                     f"X-Geopin-Endpoint '{wanted}' is not an endpoint of the policy",
                     "unknown_endpoint",
                 )
-            return wanted, None
+            return Pin(wanted, "X-Geopin-Endpoint"), None
     return None, None
+
+
+def object_pin(
+    state: RuntimeState, objects: ObjectHomes, tenant: str | None, call: ClientCall
+) -> Pin | None:
+    """The endpoint holding an object the call names, if this router saw it made there and
+    that endpoint is still in the catalogue (``geopin.proxy.objects``)."""
+    found = objects.find(tenant, named_objects(call.operation, call.body))
+    if found is None or found[1] not in state.policy.endpoints:
+        return None
+    return Pin(found[1], f"where {found[0]} was made")
 
 
 def call_api(operation: str, headers: list) -> str:

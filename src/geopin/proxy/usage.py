@@ -1,7 +1,8 @@
-"""Token usage an upstream reported, for the outcome record.
+"""Token usage an upstream reported, for the outcome record, and the object it made.
 
 Read from what passed through anyway: a small JSON body is kept whole, a stream keeps only its
-tail (the usage arrives in the last events). Parsed after the response has gone to the client.
+first bytes (the event naming what it makes) and its tail (the usage arrives in the last
+events). Parsed after the response has gone to the client.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import json
 from typing import Any
 
 from geopin.audit.canonical import MAX_SAFE_INTEGER
+from geopin.proxy.objects import first_event, made_object
 
 KEEP_WHOLE = 256 * 1024  # JSON bodies up to this size are kept to read their usage
 TAIL = 8 * 1024  # bytes of a stream's end kept to find its usage
+HEAD = 4 * 1024  # bytes of a stream's start kept to find the object it makes
 
 
 class UsageTap:
     """Fed every chunk of a response; keeps what :meth:`usage` needs and no more."""
 
-    __slots__ = ("_stream", "_parts", "_size", "bytes_out")
+    __slots__ = ("_stream", "_parts", "_size", "_head", "bytes_out")
 
     def __init__(self, content_type: bytes, content_length: int | None) -> None:
         self._stream = content_type.startswith(b"text/event-stream")
@@ -26,9 +29,12 @@ class UsageTap:
         whole = json_body and content_length is not None and content_length <= KEEP_WHOLE
         self._parts: list[bytes] | None = [] if (self._stream or whole) else None
         self._size = 0
+        self._head = b""
         self.bytes_out = 0
 
     def feed(self, chunk: bytes) -> None:
+        if self._stream and len(self._head) < HEAD:
+            self._head += chunk[: HEAD - len(self._head)]
         self.bytes_out += len(chunk)
         parts = self._parts
         if parts is None:
@@ -40,17 +46,21 @@ class UsageTap:
             parts[:] = [tail]
             self._size = len(tail)
 
-    def usage(self) -> dict[str, int] | None:
+    def read(self, *, stored_completion: bool = False) -> tuple[dict[str, int] | None, str | None]:
+        """The token usage the upstream reported and the id of the object it made and keeps
+        (``objects.made_object``), each None when the answer does not say."""
         if not self._parts:
-            return None
+            return None, None
         data = b"".join(self._parts)
         if not self._stream:
-            return _usage_of(_loads(data))
+            answer = _loads(data)
+            return _usage_of(answer), made_object(answer, stored_completion=stored_completion)
         found = None
         for line in data.split(b"\n"):
             if line.startswith(b"data:") and b"usage" in line:
                 found = _usage_of(_loads(line[5:].strip())) or found
-        return found
+        made = made_object(first_event(self._head), stored_completion=stored_completion)
+        return found, made
 
 
 def _loads(data: bytes) -> Any:
@@ -65,8 +75,9 @@ def _usage_of(value: Any) -> dict[str, int] | None:
         return None
     usage = value.get("usage")
     if not isinstance(usage, dict):
-        message = value.get("message")  # Anthropic's message_start event
-        usage = message.get("usage") if isinstance(message, dict) else None
+        # Anthropic's message_start event; a Responses stream's response.completed.
+        inner = value.get("message", value.get("response"))
+        usage = inner.get("usage") if isinstance(inner, dict) else None
     if not isinstance(usage, dict):
         return None
     # Counts only, and only what a record can hold: an upstream's odd field is left out, never
