@@ -140,7 +140,7 @@ def endpoint_refused(
     model: str | None,
     api: str,
     *,
-    by: str = "X-Geopin-Endpoint",
+    by: str,
 ) -> ErrorResponse:
     """The endpoint the call is pinned to (``by`` names what pinned it: ``X-Geopin-Endpoint``,
     or the object it names) cannot take this request: 451 when it processes outside the
