@@ -61,6 +61,7 @@ class Batch:
     duplicates: int = 0
     oldest: float | None = None  # Unix time of its oldest record, if the id tells it
     inbox: str | None = None  # the inbox's identity, when the batch takes rows from it
+    inbox_mark: int = 0  # how far into the inbox the log goes once the batch is stored
     # The inbox rows it takes, in id order: (id, the leaf it becomes, -1 for a duplicate).
     inbox_rows: list[tuple[int, int]] = field(default_factory=list)
     record_rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -97,11 +98,14 @@ def read(
         ).all()
     )
     own = len(rows)
+    mark = 0
     if inbox is not None:
         engine, identity = inbox
-        rows.extend(take(engine, identity, read_mark(conn, identity), limit - own))
+        mark = read_mark(conn, identity)
+        rows.extend(take(engine, identity, mark, limit - own))
     size = tree_size(conn)
     batch = Batch(size=size, new_size=size, inbox=inbox[1] if inbox and own < len(rows) else None)
+    batch.inbox_mark = rows[-1].id if own < len(rows) else mark
     if not rows:
         return batch, [], None
     seen: set[str] = set()

@@ -41,7 +41,7 @@ from geopin.audit.batch import Batch, apply, build, id_time, plan, read, store_i
 from geopin.audit.checkpoint import Checkpoint, SigningKey
 from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
-from geopin.audit.inbox import Sweep, ensure, inbox_engine, read_mark, waiting
+from geopin.audit.inbox import Sweep, ensure, inbox_engine, waiting
 from geopin.audit.lock import FileLock, background_priority, low_priority
 from geopin.audit.records import format_time
 from geopin.audit.schema import checkpoints, pending
@@ -103,6 +103,7 @@ class Sequencer:
         self._gate = sqlite_write_gate(engine) or WriteGate()
         self._inbox = inbox_engine(engine)
         self._inbox_id: str | None = None  # its identity, read at each run
+        self._inbox_mark = 0  # how far into it the log went after this sequencer's last batch
         self._sweep = (
             Sweep(self._inbox, sqlite_write_gate(self._inbox) or WriteGate())
             if self._inbox is not None
@@ -179,11 +180,10 @@ class Sequencer:
         """Delete what the log holds from the inbox, when that is due (``inbox.Sweep``)."""
         if self._sweep is None or self._inbox_id is None:
             return
-        with translate_errors("sweeping the audit inbox"):
-            with self.engine.connect() as conn:
-                mark = read_mark(conn, self._inbox_id)
-            if self._sweep.due(self._inbox_id, mark, now=now):
-                self._on_storer(self._sweep.run, self._inbox_id, mark)
+        identity, mark = self._inbox_id, self._inbox_mark
+        if self._sweep.due(identity, mark, now=now):
+            with translate_errors("sweeping the audit inbox"):
+                self._on_storer(self._sweep.run, identity, mark)
 
     def _observe_pending(self) -> None:
         """Note the oldest pending record's time for ``sequencing_lag_s`` (one indexed row)."""
@@ -316,6 +316,7 @@ class Sequencer:
         build(batch, bodies, frontier)  # the CPU work, with the read transaction ended
         if batch.pending_ids or batch.duplicate_ids or batch.inbox_rows:
             self._on_storer(store_in_chunks, self.engine, self._gate, batch)
+        self._inbox_mark = batch.inbox_mark
         if not due:
             return batch, None
         return batch, self._on_storer(self._sign_sqlite, batch.new_size, force and final)
