@@ -27,6 +27,8 @@ from geopin.policy.decision import Endpoint
 from geopin.proxy.admin import PREFIX, build_admin
 from geopin.proxy.asgi import ProxyApp
 from geopin.proxy.forward import UpstreamClient
+from geopin.proxy.object_table import ObjectTable
+from geopin.proxy.objects import ObjectHomes
 from geopin.proxy.refusal import not_found, send_error
 from geopin.proxy.reload import Reloader
 from geopin.proxy.state import AuditSink, Runtime, RuntimeState, StateHolder, load_state
@@ -92,6 +94,9 @@ class GeopinApp:
         audit = self.runtime.audit
         if isinstance(audit, AuditWriter):
             await audit.start()
+        table = self.runtime.objects.table
+        if table is not None:
+            table.start()
         if self.sequencer is not None:
             self._sequencer_stop.clear()
             self._sequencer_task = asyncio.create_task(
@@ -122,6 +127,9 @@ class GeopinApp:
         if self.prober is not None:
             await self.prober.close()
         await self.runtime.client.aclose()
+        table = self.runtime.objects.table
+        if table is not None:
+            await asyncio.to_thread(table.close)
         audit = self.runtime.audit
         if isinstance(audit, AuditWriter):
             await audit.close()
@@ -182,9 +190,11 @@ def build_app(
     admin_token = settings.admin_token_value()
     state = load_state(settings)
     sequencer = None
+    objects = ObjectHomes()
     if audit is None:
         audit = _audit_writer(settings)
         sequencer = _sequencer(settings, audit)
+        objects = ObjectHomes(table=_object_table(settings))
     key = settings.audit.client_key
     client_key = key.get_secret_value().encode() if key is not None else os.urandom(32)
     upstream = settings.upstream
@@ -201,6 +211,7 @@ def build_app(
         decisions=DecisionEncoder(client_key),
         admin_token=admin_token,
         telemetry=telemetry or Telemetry.from_settings(settings.telemetry),
+        objects=objects,
     )
     _watch(runtime, sequencer)
     if state.keys is None and not settings.auth.allow_anonymous:
@@ -256,6 +267,21 @@ def _audit_writer(settings: Settings) -> AuditWriter:
         if settings.audit.spool is None:
             raise
     return AuditWriter(engine, spool=settings.audit.spool)
+
+
+def _object_table(settings: Settings) -> ObjectTable | None:
+    objects = settings.objects
+    if not objects.shared:
+        return None
+    engine = create_audit_engine(
+        settings.audit.database_url.get_secret_value(),
+        sqlite_synchronous=settings.audit.sqlite_synchronous,
+    )
+    return ObjectTable(
+        engine,
+        retention_s=objects.retention_days * 86_400,
+        timeout_s=objects.lookup_timeout_s,
+    )
 
 
 def _sequencer(settings: Settings, writer: AuditWriter) -> Sequencer | None:

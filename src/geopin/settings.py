@@ -110,6 +110,19 @@ class AuditSettings(_Section):
     )
 
 
+class ObjectSettings(_Section):
+    shared: bool = Field(
+        default=True,
+        description="Keep where made objects live in the audit database, for every router of it.",
+    )
+    retention_days: float = Field(
+        default=30.0, gt=0, description="Days an object's endpoint is kept after it was made."
+    )
+    lookup_timeout_s: float = Field(
+        default=0.5, gt=0, description="Time a lookup of an object's endpoint may take."
+    )
+
+
 class Settings(_Section):
     listen: str = Field(default="127.0.0.1:8080", description="Address and port to serve on.")
     workers: int = Field(default=1, ge=1, description="Worker processes.")
@@ -163,6 +176,7 @@ class Settings(_Section):
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     reload: ReloadSettings = Field(default_factory=ReloadSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    objects: ObjectSettings = Field(default_factory=ObjectSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("listen")

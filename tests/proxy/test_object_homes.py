@@ -4,6 +4,8 @@ and never anywhere the decision does not permit."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -112,3 +114,51 @@ def test_the_header_pin_still_wins(router: Router, upstreams):
     ident = _made_at_fr(router, de)
     read = _call(router, "GET", f"/v1/responses/{ident}", {**de, "x-geopin-endpoint": "eu-se"})
     assert read.headers["x-geopin-endpoint"] == "eu-se" and read.status_code == 404
+
+
+def _kept(router: Router, count: int) -> None:
+    """Wait until the router's table thread has written ``count`` object homes."""
+    table = router.app.runtime.objects.table
+    assert table is not None
+    deadline = time.monotonic() + 10
+    while table.written < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert table.written >= count
+
+
+def test_another_router_of_the_same_database_finds_the_object(router, tmp_path, upstreams):
+    other = start_router(tmp_path, tmp_path / "policy", tenants=("t1", "t2"))
+    try:
+        ident = _made_at_fr(router, router.headers(country="DE"))
+        _kept(router, 1)
+        de = other.headers(country="DE")
+        read = _call(other, "GET", f"/v1/responses/{ident}", de)
+        assert read.status_code == 200, read.text
+        assert read.headers["x-geopin-endpoint"] == "eu-fr" and read.json()["id"] == ident
+        # Found once, it is the other router's to remember, and the policy still decides.
+        assert other.app.runtime.objects.find("t1", [ident]) == (ident, "eu-fr")
+        refused = _call(other, "GET", f"/v1/responses/{ident}", other.headers(country="US"))
+        assert refused.status_code == 451 and ident in refused.json()["error"]["message"]
+        t2 = _call(other, "GET", f"/v1/responses/{ident}", other.headers(tenant="t2", country="DE"))
+        assert t2.headers["x-geopin-endpoint"] == "eu-se"  # not that tenant's object
+        assert requests_seen(upstreams["us"]) == 0
+    finally:
+        other.stop()
+
+
+def test_with_the_table_off_another_router_routes_as_before(tmp_path, upstreams):
+    catalogue = [
+        endpoint_yaml("eu-se", upstreams["eu-se"].url + "/v1", "SE"),
+        endpoint_yaml("eu-fr", upstreams["eu-fr"].url + "/v1", "FR", priority=15,
+                      models={"small": "small-x"}),
+    ]  # fmt: skip
+    policy = write_policy(tmp_path / "policy", catalogue, rules=DEFAULT_RULES)
+    routers = [start_router(tmp_path, policy, objects={"shared": False}) for _ in range(2)]
+    try:
+        assert routers[0].app.runtime.objects.table is None
+        ident = _made_at_fr(routers[0], routers[0].headers(country="DE"))
+        read = _call(routers[1], "GET", f"/v1/responses/{ident}", routers[1].headers(country="DE"))
+        assert read.headers["x-geopin-endpoint"] == "eu-se" and read.status_code == 404
+    finally:
+        for router in routers:
+            router.stop()

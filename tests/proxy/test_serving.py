@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from audit_pending import pending_rows
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import upgrade
-from geopin.audit.schema import records
+from geopin.audit.schema import object_homes, records
 from geopin.keys import KeyStore
 
 from .conftest import chat_body, endpoint_yaml, write_policy
@@ -40,11 +40,20 @@ def _free_port() -> int:
 class Served:
     """A `geopin serve` subprocess and what it needs: settings file, keys, audit database."""
 
-    def __init__(self, tmp: Path, upstream_url: str, *, workers: int = 1, **settings: Any):
+    def __init__(
+        self,
+        tmp: Path,
+        upstream_url: str,
+        *,
+        workers: int = 1,
+        catalogue: list[dict[str, Any]] | None = None,
+        **settings: Any,
+    ):
         self.tmp = tmp
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        policy = write_policy(tmp / "policy", [endpoint_yaml("eu-se", upstream_url + "/v1", "SE")])
+        catalogue = catalogue or [endpoint_yaml("eu-se", upstream_url + "/v1", "SE")]
+        policy = write_policy(tmp / "policy", catalogue)
         keys_file = tmp / "keys.json"
         with KeyStore.editing(keys_file) as store:
             self.key = store.create("t1")[1]
@@ -288,6 +297,51 @@ def test_two_workers_share_the_audit_database(served, mocks):
     # Each worker wrote the access lines it still held in a batch before it exited.
     logged = {line.get("decision_id") for line in router.access_lines()}
     assert set(decisions) <= logged
+
+
+def test_an_object_made_through_one_worker_is_found_through_the_other(served, mocks):
+    """Each call on a new connection, so the kernel hands it to either worker: the reads that
+    reach the worker which did not see the response made find it in the database's table."""
+    se, fr = mocks("eu-se"), mocks("eu-fr")
+    catalogue = [
+        endpoint_yaml("eu-se", se.url + "/v1", "SE"),
+        # Serves "small" alone and is nobody's home: a read routed as before goes to eu-se.
+        endpoint_yaml("eu-fr", fr.url + "/v1", "FR", priority=15, models={"small": "small-x"}),
+    ]
+    router = served(se.url, workers=2, catalogue=catalogue)
+    headers = router.headers() | {"connection": "close"}
+    made: dict[str, str] = {}  # response id -> decision id of the call that made it
+    for _ in range(12):
+        answer = httpx.post(
+            router.url + "/v1/responses",
+            json={"model": "small", "input": "x"},
+            headers=headers,
+            timeout=10,
+        )
+        assert answer.status_code == 200 and answer.headers["x-geopin-endpoint"] == "eu-fr"
+        made[answer.json()["id"]] = answer.headers["x-geopin-decision-id"]
+    engine = create_audit_engine(router.db)
+    count = sa.select(sa.func.count()).select_from(object_homes)
+    try:  # the rows are written off the request path: wait for them
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(count).scalar() == 12:
+                    break
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    read: dict[str, str] = {}
+    for ident in made:
+        answer = httpx.get(router.url + f"/v1/responses/{ident}", headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-geopin-endpoint"] == "eu-fr" and answer.json()["id"] == ident
+        read[ident] = answer.headers["x-geopin-decision-id"]
+    router.process.send_signal(signal.SIGTERM)
+    assert router.process.wait(40) == 0, router.log()
+    pid = {line["decision_id"]: line["pid"] for line in router.access_lines()}
+    crossed = [ident for ident in made if pid[made[ident]] != pid[read[ident]]]
+    assert crossed, "every read reached the worker that made its response"
 
 
 def _worker_pids(supervisor: int) -> list[int]:

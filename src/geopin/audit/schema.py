@@ -7,6 +7,9 @@ and signs ``audit_checkpoints``. On SQLite the writers' records wait in a file o
 instead, the inbox (``geopin.audit.inbox``); ``audit_inbox_marks`` says how far into it the log
 goes. Flat columns duplicate fields of the hashed body for indexed
 queries; verification checks they agree with the body.
+
+One table is not part of the trail: ``object_homes``, where the objects upstreams made live,
+which every router of the database reads and writes (``geopin.proxy.object_table``).
 """
 
 from __future__ import annotations
@@ -106,4 +109,16 @@ inbox_marks = Table(
     metadata,
     Column("inbox", String(), primary_key=True),
     Column("sequenced_through", BigInteger, nullable=False),
+)
+
+# Not part of the trail: (tenant, object id) -> the endpoint that made and keeps the object, for
+# every router of the database; rows older than ``objects.retention_days`` are deleted.
+object_homes = Table(
+    "object_homes",
+    metadata,
+    Column("tenant", String(), primary_key=True),  # "" for anonymous clients
+    Column("object_id", String(), primary_key=True),
+    Column("endpoint", String(), nullable=False),
+    Column("made_at", BigInteger, nullable=False),  # Unix seconds
+    Index("ix_object_homes_made_at", "made_at"),
 )

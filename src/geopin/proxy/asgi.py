@@ -34,6 +34,7 @@ from geopin.proxy import refusal
 from geopin.proxy.attempts import forward
 from geopin.proxy.exchange import Exchange
 from geopin.proxy.models import send_models
+from geopin.proxy.objects import named_objects
 from geopin.proxy.outcome import record_outcome
 from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.request import (
@@ -231,8 +232,8 @@ class ProxyApp:
         if error is not None:
             return error
         assert call is not None
-        if pin is None:
-            pin = object_pin(state, self.runtime.objects, tenant, call)
+        if pin is None and (names := named_objects(call.operation, call.body)):
+            pin = await object_pin(state, self.runtime.objects, tenant, names)
 
         client, location = self._locate(state, scope, headers)
         exchange.location = location

@@ -10,17 +10,22 @@ a stream's first event's) and pins a later call naming it, in its path or in
 decides, and a call whose object lives outside the places it may now be processed in is
 refused (451), never sent anywhere else.
 
-Kept per process and per tenant, the ``capacity`` most recently made or used objects: a call that
-another worker or router answers, or that comes after a restart, is routed as before (calls
-naming no model to their tenant's home endpoint, where that tenant's files and batches are made
-anyway), and ``X-Geopin-Endpoint`` names the endpoint outright.
+Kept per tenant: in the process, the ``capacity`` most recently made or used objects, and, for
+the other workers and routers of the same database and after a restart, in its
+``object_homes`` table (``geopin.proxy.object_table``), looked in for an object the process
+does not know. An object neither knows is routed as before (a call naming no model to its
+tenant's home endpoint, where that tenant's files and batches are made anyway), and
+``X-Geopin-Endpoint`` names the endpoint outright.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geopin.proxy.object_table import ObjectTable
 
 # What an upstream keeps and lets a later call name (OpenAI's and Anthropic's object types).
 _KEPT = frozenset(
@@ -44,16 +49,24 @@ _MIN_ID, _MAX_ID = 6, 256  # shorter or longer is not an id an upstream made
 
 class ObjectHomes:
     """(tenant, object id) -> the id of the endpoint that holds it; bounded, least recently
-    used first out."""
+    used first out, and backed by ``table`` when there is one."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, table: ObjectTable | None = None) -> None:
         self.capacity = capacity
+        self.table = table
         self._homes: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._homes)
 
     def learn(self, tenant: str | None, object_id: str, endpoint: str) -> None:
+        """An answer from ``endpoint`` made ``object_id``: here, and for the others sharing
+        the table."""
+        self._keep(tenant, object_id, endpoint)
+        if self.table is not None:
+            self.table.remember(tenant, object_id, endpoint)
+
+    def _keep(self, tenant: str | None, object_id: str, endpoint: str) -> None:
         key = (tenant or "", object_id)
         homes = self._homes
         homes[key] = endpoint
@@ -71,6 +84,15 @@ class ObjectHomes:
                 homes.move_to_end((who, name))
                 return name, endpoint
         return None
+
+    async def locate(self, tenant: str | None, names: list[str]) -> tuple[str, str] | None:
+        """As ``find``, and when this process knows none of ``names``, as the table has it."""
+        found = self.find(tenant, names)
+        if found is None and self.table is not None:
+            found = await self.table.find(tenant, names)
+            if found is not None:
+                self._keep(tenant, *found)
+        return found
 
 
 def named_objects(operation: str, body: Any) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from geopin.proxy import refusal
 from geopin.proxy.form import FormError, FormModel, NoModelField, form_model, is_multipart
-from geopin.proxy.objects import ObjectHomes, named_objects
+from geopin.proxy.objects import ObjectHomes
 from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.state import RuntimeState
 from geopin.proxy.upstream import Api, ClientCall
@@ -96,12 +96,13 @@ def pinned_endpoint(state: RuntimeState, headers: list) -> tuple[Pin | None, Any
     return None, None
 
 
-def object_pin(
-    state: RuntimeState, objects: ObjectHomes, tenant: str | None, call: ClientCall
+async def object_pin(
+    state: RuntimeState, objects: ObjectHomes, tenant: str | None, names: list[str]
 ) -> Pin | None:
-    """The endpoint holding an object the call names, if this router saw it made there and
-    that endpoint is still in the catalogue (``geopin.proxy.objects``)."""
-    found = objects.find(tenant, named_objects(call.operation, call.body))
+    """The endpoint holding an object the call names (``objects.named_objects``), if it is
+    known where it was made and that endpoint is still in the catalogue
+    (``geopin.proxy.objects``)."""
+    found = await objects.locate(tenant, names)
     if found is None or found[1] not in state.policy.endpoints:
         return None
     return Pin(found[1], f"where {found[0]} was made")
