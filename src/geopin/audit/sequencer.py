@@ -220,8 +220,9 @@ class Sequencer:
         try:
             while not stop.is_set():
                 await self._pass(planner, wait=False, force_checkpoint=False)
-                try:
-                    await asyncio.wait_for(stop.wait(), poll_interval_s)
+                try:  # no task of its own for the wait, as wait_for() would make
+                    async with asyncio.timeout(poll_interval_s):
+                        await stop.wait()
                 except TimeoutError:
                     pass
             await self._pass(planner, wait=True, force_checkpoint=True)
