@@ -13,7 +13,6 @@ GUARDED = [
     ("GET", "/_geopin/policy"),
     ("GET", "/_geopin/endpoints"),
     ("POST", "/_geopin/reload"),
-    ("GET", "/_geopin/policy/rules/ru-deny"),
     ("GET", "/_geopin/openapi.json"),
     ("GET", "/_geopin/audit/stats?by=endpoint"),
 ]
@@ -103,3 +102,73 @@ def test_proxy_errors_share_the_shape(router):
         "method_not_allowed",
     )
     _assert_error_shape(router.post(headers={}), 401, "invalid_api_key")
+
+
+def _tenant_policy(tmp_path, mocks):
+    se = mocks("eu-se")
+    tenants = {
+        "t2": {
+            "rules": [
+                {"id": "t2-no-small", "models": ["small"], "deny": True,
+                 "reason": "t2 may not use small", "legal_basis": "t2 contract",
+                 "description": "internal note"},
+            ]
+        }
+    }  # fmt: skip
+    endpoints = [endpoint_yaml("eu-se", se.url + "/v1", "SE", models={"small": "small-x"})]
+    return write_policy(tmp_path / "p", endpoints, tenants=tenants)
+
+
+def test_a_451s_blocked_by_link_is_read_with_the_key_that_got_it(tmp_path, mocks):
+    """No admin token needed: the client reads what its 451 said, of its own tenant's rules
+    and the shared ones; the admin reads the whole rule."""
+    router = start_router(tmp_path, _tenant_policy(tmp_path, mocks), tenants=("t1", "t2"))
+    try:
+        t2 = router.headers(tenant="t2", country="SE")
+        refused = router.post(headers=t2, json_body={"model": "small", "messages": []})
+        assert refused.status_code == 451
+        link = refused.headers["link"].split(">", 1)[0].lstrip("<")
+        assert link == "/_geopin/policy/rules/t2-no-small"
+        read = httpx.get(router.url + link, headers={"authorization": t2["authorization"]})
+        assert read.status_code == 200, read.text
+        error = refused.json()["error"]
+        assert read.json() == {
+            "id": "t2-no-small",
+            "effect": "deny",
+            "reason": error["reason"],
+            "legal_basis": error["legal_basis"],
+        }
+        # Another tenant's key learns nothing of t2's rules, not even that they exist.
+        t1 = {"authorization": router.headers(tenant="t1")["authorization"]}
+        _assert_error_shape(httpx.get(router.url + link, headers=t1), 404, "rule_not_found")
+        shared = httpx.get(router.url + "/_geopin/policy/rules/ru-deny", headers=t1).json()
+        assert shared["legal_basis"] == "Sanctions programme" and "places" not in shared
+        # Anthropic SDKs send x-api-key; it is a router key like any other.
+        key = t2["authorization"].split(" ", 1)[1]
+        assert httpx.get(router.url + link, headers={"x-api-key": key}).status_code == 200
+        full = router.admin("GET", link).json()
+        assert full["tenant"] == "t2" and full["description"] == "internal note"
+        assert full["places"] == [] and "policy.yaml" in full["defined_at"]
+        for headers, code in (
+            ({}, "invalid_api_key"),
+            ({"authorization": "Bearer not-a-key"}, "invalid_api_key"),
+        ):
+            answer = httpx.get(router.url + link, headers=headers)
+            _assert_error_shape(answer, 401, code)
+    finally:
+        router.stop()
+
+
+def test_rules_are_readable_without_an_admin_token_or_with_anonymous_clients(tmp_path, mocks):
+    policy = _tenant_policy(tmp_path, mocks)
+    router = start_router(tmp_path, policy, admin_token=None, auth={"allow_anonymous": True})
+    try:
+        assert router.admin("GET", "/_geopin/policy").status_code == 404  # the admin API is off
+        shared = httpx.get(router.url + "/_geopin/policy/rules/ru-deny")
+        assert shared.status_code == 200 and set(shared.json()) == {
+            "id", "effect", "reason", "legal_basis"
+        }  # fmt: skip
+        tenant_rule = httpx.get(router.url + "/_geopin/policy/rules/t2-no-small")
+        _assert_error_shape(tenant_rule, 404, "rule_not_found")  # no tenant: no tenant's rules
+    finally:
+        router.stop()

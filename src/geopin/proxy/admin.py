@@ -1,8 +1,11 @@
 """The admin API under ``/_geopin/``: FastAPI, off the hot path, behind the admin token.
 
 Every route needs ``Authorization: Bearer <admin token>`` except ``/_geopin/healthz`` and
-``/_geopin/readyz``, which reveal nothing. With no token configured the guarded routes answer
-404, as if they did not exist.
+``/_geopin/readyz``, which reveal nothing, and ``/_geopin/policy/rules/{id}``, the target of a
+451's ``blocked-by`` link: a client follows it with the router key that got the 451 (or none,
+where anonymous clients are served) and reads what the 451 told it, of the rules its tenant is
+decided under; the admin token reads the whole rule. With no token configured the guarded
+routes answer 404, as if they did not exist.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hmac
 import time
 from collections.abc import Callable
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from geopin import __version__
 from geopin.geo.location import UNKNOWN, Location, LocationSource
+from geopin.keys import presented_key
 from geopin.policy.decision import RequestContext
 from geopin.policy.explain import explain
 from geopin.proxy.refusal import error_payload
@@ -42,6 +46,13 @@ class ExplainRequest(BaseModel):
     ip: str | None = Field(None, description="A client address, located with the GeoIP data")
     tenant: str | None = None
     data_class: str | None = None
+
+
+class _Reader(NamedTuple):
+    """Who reads a rule: the admin, or a client of ``tenant`` (None: no tenant)."""
+
+    admin: bool
+    tenant: str | None = None
 
 
 class _AdminError(Exception):
@@ -65,15 +76,20 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
     )
     token = runtime.admin_token
 
+    def is_admin(request: Request) -> bool:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        return (
+            token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(presented.strip().encode(), token.encode())
+        )
+
     def require_admin(request: Request) -> None:
         if token is None:
             raise _AdminError(
                 404, "the admin API is disabled (no admin token)", "not_found", "not_found"
             )
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), token.encode()
-        ):
+        if not is_admin(request):
             raise _AdminError(
                 401,
                 "a valid admin token is required",
@@ -83,6 +99,7 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
 
     open_routes = APIRouter(prefix=PREFIX, tags=["health"])
     admin = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_admin)])
+    rules = APIRouter(prefix=PREFIX, tags=["policy"])
 
     @open_routes.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -118,24 +135,54 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
             },
         }
 
-    @admin.get("/policy/rules/{rule_id}")
-    def rule(rule_id: str) -> dict[str, Any]:
-        """A rule's reason and legal basis: where a 451's ``blocked-by`` link points."""
+    def rule_reader(request: Request) -> _Reader:
+        """The admin, or a client of the proxy (its router key, or none where anonymous
+        clients are served)."""
+        if is_admin(request):
+            return _Reader(admin=True)
+        state = runtime.holder.current
+        key = presented_key(request.scope["headers"])
+        if key is None:
+            if runtime.settings.auth.allow_anonymous:
+                return _Reader(admin=False)
+            raise _AdminError(
+                401,
+                "a geopin API key or the admin token is required",
+                "authentication_error",
+                "invalid_api_key",
+            )
+        entry = state.keys.authenticate(key) if state.keys is not None else None
+        if entry is None:
+            raise _AdminError(
+                401, "the geopin API key is not valid", "authentication_error", "invalid_api_key"
+            )
+        return _Reader(admin=False, tenant=entry.tenant)
+
+    @rules.get("/policy/rules/{rule_id}")
+    def rule(rule_id: str, request: Request) -> dict[str, Any]:
+        """A rule, where a 451's ``blocked-by`` link points. With a router key: its id,
+        effect, reason and legal basis (what the 451 said), for the rules the key's tenant is
+        decided under; with the admin token: all of it."""
+        reader = rule_reader(request)
         found = runtime.holder.current.policy.rule(rule_id)
-        if found is None:
+        if found is None or not (reader.admin or found.owner in (None, reader.tenant)):
             raise _AdminError(
                 404, f"no rule '{rule_id}' in the policy", "not_found", "rule_not_found"
             )
-        return {
+        shown: dict[str, Any] = {
             "id": found.id,
             "effect": found.effect,
-            "places": list(found.place_names),
             "reason": found.reason,
             "legal_basis": found.legal_basis,
-            "tenant": found.owner,
-            "description": found.description,
-            "defined_at": str(found.position),
         }
+        if reader.admin:
+            shown |= {
+                "places": list(found.place_names),
+                "tenant": found.owner,
+                "description": found.description,
+                "defined_at": str(found.position),
+            }
+        return shown
 
     @admin.get("/endpoints")
     def endpoints() -> dict[str, Any]:
@@ -235,6 +282,7 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
         return app.openapi()
 
     app.include_router(open_routes)
+    app.include_router(rules)
     app.include_router(admin)
     _add_audit_routes(app, runtime, require_admin)
     _install_error_shape(app)
