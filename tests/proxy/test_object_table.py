@@ -177,3 +177,18 @@ def test_without_a_table_only_the_process_remembers():
     homes.learn("t1", "resp_1", "eu-fr")
     assert asyncio.run(homes.locate("t1", ["resp_1"])) == ("resp_1", "eu-fr")
     assert asyncio.run(homes.locate("t1", ["resp_2"])) is None
+
+
+def test_an_object_read_back_is_not_written_again(url):
+    table = _table(url)
+    try:
+        homes = ObjectHomes(table=table)
+        homes.learn("t1", "resp_1", "eu-fr")
+        homes.learn("t1", "resp_1", "eu-fr")  # GET /v1/responses/resp_1 names it again
+        _written(table, 1)
+        homes.learn("t1", "resp_1", "eu-se")  # made again elsewhere: that is news
+        _written(table, 2)
+    finally:
+        table.close()
+    assert table.written == 2
+    assert _rows(url) == {("t1", "resp_1", "eu-se")}

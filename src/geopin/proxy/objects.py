@@ -60,10 +60,12 @@ class ObjectHomes:
         return len(self._homes)
 
     def learn(self, tenant: str | None, object_id: str, endpoint: str) -> None:
-        """An answer from ``endpoint`` made ``object_id``: here, and for the others sharing
-        the table."""
+        """An answer from ``endpoint`` made ``object_id`` (or read it back: a stored
+        response's or a file's answer names it too): here, and for the others sharing the
+        table, unless this process already knew it there."""
+        known = self._homes.get((tenant or "", object_id)) == endpoint
         self._keep(tenant, object_id, endpoint)
-        if self.table is not None:
+        if self.table is not None and not known:
             self.table.remember(tenant, object_id, endpoint)
 
     def _keep(self, tenant: str | None, object_id: str, endpoint: str) -> None:
