@@ -13,6 +13,7 @@ import uvicorn
 from geopin.errors import GeopinError
 from geopin.mock.app import MockUpstream, create_app
 
+_GRACE_S = 1.0
 _START_TIMEOUT_S = 10.0
 
 
@@ -55,8 +56,13 @@ class RunningServer:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
+        """Stop serving: a second for the answers under way, then the rest (a stream a client
+        left, still producing) are dropped rather than waited for."""
         self._server.should_exit = True
-        self._thread.join(timeout=_START_TIMEOUT_S)
+        self._thread.join(timeout=_GRACE_S)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout=_START_TIMEOUT_S)
 
     def __enter__(self) -> RunningServer:
         return self
