@@ -80,6 +80,13 @@ def demo_calls(base: str, key: str, acme_key: str, admin_token: str) -> list[Dem
             chat("claude-sonnet-4-5", *auth, "-H", "CF-IPCountry: CN"),
         ),
         DemoCall(
+            "The 451's Link (rel=blocked-by) answers the same router key: the rule's reason "
+            "and legal basis",
+            200,
+            '"legal_basis":',
+            ("curl", "-si", *auth, f"{base}/_geopin/policy/rules/cn-no-foreign-models"),
+        ),
+        DemoCall(
             "Spoofing from 127.0.0.1 (not a trusted proxy or CDN): X-Forwarded-For and "
             "CF-IPCountry are ignored, the loopback peer has no location, and the policy "
             "refuses unknown locations",
