@@ -49,3 +49,24 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 def test_unsupported_urls_are_config_errors(url):
     with pytest.raises(ConfigError):
         create_audit_engine(url)
+
+
+def test_a_log_from_before_objects_upgrades_verifies_and_is_queried_by_object(database_url):
+    from audit_factories import add_pending, append_and_sequence, make_outcome, make_record
+
+    from geopin.audit.query import Filters, query_records
+    from geopin.audit.verify import verify_log
+
+    engine = create_audit_engine(database_url)
+    upgrade(engine, "0002")
+    # What an older geopin left pending: its outcome records have no "object".
+    before = [make_record(1), {k: v for k, v in make_outcome(1).items() if k != "object"}]
+    add_pending(engine, before)
+    upgrade(engine)
+    check_schema(engine)
+    append_and_sequence(engine, [make_record(2), make_outcome(2, object_id="file-abc")])
+    report = verify_log(engine)
+    assert report.ok and report.records == 4, report
+    found = query_records(engine, Filters.build(object="file-abc")).rows
+    assert [(r["kind"], r["decision_id"]) for r in found] == [("outcome", "dec-000002")]
+    engine.dispose()

@@ -72,6 +72,7 @@ def test_decision_record_is_flat_payload_free_and_canonical():
         "action": "route",
         "policy_version": "p-1",
         "decision_id": "dec-000003",
+        "object": None,  # a decision names none; an outcome the object its call made or named
     }
     assert rule_ids(record) == ["eu-residency"]
 

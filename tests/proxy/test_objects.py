@@ -112,6 +112,21 @@ def test_a_file_stays_at_its_tenants_home_endpoint_from_upload_to_delete(
     others = [m for name, m in upstreams.items() if name != home]
     assert [requests_seen(m) for m in others] == [0, 0, 0]
 
+    # An auditor finds the file's life by its id: uploaded, read 11 times, deleted, asked for
+    # once more, each where it happened (the listing names no file and is not among them).
+    deadline = time.monotonic() + 20
+    while True:
+        page = router.admin("GET", f"/_geopin/audit/records?object={file_id}&limit=100").json()
+        if len(page["records"]) >= 14 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    life = page["records"]
+    assert len(life) == 14 and {r["kind"] for r in life} == {"outcome"}
+    assert {(r["object"], r["endpoint"], r["processing_country"]) for r in life} == {
+        (file_id, home, {"eu-se": "SE", "eu-fr": "FR"}[home])
+    }
+    assert [r["record"]["status"] for r in life] == [200] * 13 + [404]
+
 
 def test_another_tenant_or_place_has_its_own_home_and_never_reaches_the_first(
     router: Router, upstreams

@@ -317,6 +317,7 @@ def _outcome(
     usage: Mapping[str, int] | None = None,
     error: str | None = None,
     trace_id: str | None = None,
+    object_id: str | None = None,
 ) -> dict[str, Any]:
     return {
         "v": RECORD_VERSION,
@@ -341,6 +342,7 @@ def _outcome(
         "bytes_out": bytes_out,
         "usage": dict(sorted(usage.items())) if usage else None,
         "error": error,
+        "object": object_id,  # the upstream's object the call made or named (file-..., resp_...)
     }
 
 
@@ -425,6 +427,7 @@ FLAT_KEYS = (
     "action",
     "policy_version",
     "decision_id",
+    "object",
 )
 
 

@@ -66,6 +66,7 @@ records = Table(
     Column("action", String()),
     Column("policy_version", String()),
     Column("decision_id", String()),
+    Column("object", String()),
     Column("body", LargeBinary),  # NULL once pruned; the leaf hash stays in audit_nodes
     UniqueConstraint("record_id", name="uq_audit_records_record_id"),
     Index("ix_audit_records_ts", "ts"),
@@ -75,6 +76,7 @@ records = Table(
     Index("ix_audit_records_model_ts", "model", "ts"),
     Index("ix_audit_records_endpoint_ts", "endpoint", "ts"),
     Index("ix_audit_records_decision_id", "decision_id"),
+    Index("ix_audit_records_object", "object"),
 )
 
 record_rules = Table(

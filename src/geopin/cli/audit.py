@@ -254,6 +254,7 @@ _MULTI = {
     "policy_version": "Policy version.",
     "kind": "decision, outcome or prune.",
     "decision_id": "Decision id.",
+    "object": "An upstream object (file-..., resp_..., batch_...) the call made or named.",
 }
 
 

@@ -232,8 +232,12 @@ class ProxyApp:
         if error is not None:
             return error
         assert call is not None
-        if pin is None and (names := named_objects(call.operation, call.body)):
-            pin = await object_pin(state, self.runtime.objects, tenant, names)
+        if names := named_objects(call.operation, call.body):
+            exchange.object_id = names[0]
+            if pin is None:
+                pin = await object_pin(state, self.runtime.objects, tenant, names)
+                if pin is not None:
+                    exchange.object_id = pin.object_id
 
         client, location = self._locate(state, scope, headers)
         exchange.location = location

@@ -155,6 +155,7 @@ async def forward(
         usage, made = tap.read(stored_completion=stored)
         if made is not None and error is None and response.status < 300:
             runtime.objects.learn(exchange.tenant, made, endpoint.id)  # its later calls go there
+            exchange.object_id = made
         # The upstream's token counts, for telemetry and the record; a call that names no model
         # ran none (a stored response read back carries the usage of the call that made it).
         if call.model is None:

@@ -25,6 +25,7 @@ class Exchange:
         "bytes_in",
         "bytes_out",
         "trace_id",
+        "object_id",
     )
 
     def __init__(self, trace: RequestTrace) -> None:
@@ -41,3 +42,4 @@ class Exchange:
         self.bytes_in: int | None = None
         self.bytes_out: int | None = None
         self.trace_id: str | None = None
+        self.object_id: str | None = None  # the upstream object it made or names, for the trail

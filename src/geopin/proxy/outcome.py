@@ -85,6 +85,7 @@ def record_outcome(
                 usage=usage,
                 error=error,
                 trace_id=exchange.trace_id,
+                object_id=exchange.object_id,
             )
         )
     except AuditError as exc:

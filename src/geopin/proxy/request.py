@@ -78,6 +78,7 @@ class Pin(NamedTuple):
 
     endpoint: str
     by: str  # what named it, for messages: "X-Geopin-Endpoint", "where resp_1 was made"
+    object_id: str | None = None  # the object whose endpoint it is, when one was found
 
 
 def pinned_endpoint(state: RuntimeState, headers: list) -> tuple[Pin | None, Any]:
@@ -105,7 +106,7 @@ async def object_pin(
     found = await objects.locate(tenant, names)
     if found is None or found[1] not in state.policy.endpoints:
         return None
-    return Pin(found[1], f"where {found[0]} was made")
+    return Pin(found[1], f"where {found[0]} was made", found[0])
 
 
 def call_api(operation: str, headers: list) -> str:

@@ -1,5 +1,6 @@
-"""Where the objects upstreams made live, shared by every router of the database
-(``geopin.proxy.object_table``).
+"""Objects upstreams made: the object each outcome record concerns (``audit_records.object``,
+indexed), and where each one lives, shared by every router of the database
+(``object_homes``, ``geopin.proxy.object_table``).
 
 Revision ID: 0003
 Revises: 0002
@@ -17,6 +18,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("audit_records", sa.Column("object", sa.String()))
+    op.create_index("ix_audit_records_object", "audit_records", ["object"])
     op.create_table(
         "object_homes",
         sa.Column("tenant", sa.String(), primary_key=True),
@@ -30,3 +33,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_object_homes_made_at", table_name="object_homes")
     op.drop_table("object_homes")
+    op.drop_index("ix_audit_records_object", table_name="audit_records")
+    with op.batch_alter_table("audit_records") as batch:
+        batch.drop_column("object")
