@@ -192,3 +192,31 @@ def test_an_object_read_back_is_not_written_again(url):
         table.close()
     assert table.written == 2
     assert _rows(url) == {("t1", "resp_1", "eu-se")}
+
+
+def test_a_slow_lookup_does_not_hold_up_the_others(url):
+    table = _table(url, timeout_s=5)
+    table.remember("t1", "resp_fast", "eu-fr")
+    _written(table, 1)
+    release = threading.Event()
+    real = table.lookup
+
+    def lookup(tenant, names):
+        if names == ["resp_slow"]:
+            release.wait(10)
+        return real(tenant, names)
+
+    table.lookup = lookup  # type: ignore[method-assign]
+
+    async def both():
+        slow = asyncio.ensure_future(table.find("t1", ["resp_slow"]))
+        await asyncio.sleep(0.05)  # the slow one holds a thread by now
+        fast = await asyncio.wait_for(table.find("t1", ["resp_fast"]), 2)
+        release.set()
+        return fast, await slow
+
+    try:
+        assert asyncio.run(both()) == (("resp_fast", "eu-fr"), None)
+    finally:
+        release.set()
+        table.close()

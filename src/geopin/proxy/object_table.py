@@ -9,10 +9,10 @@ database's ``object_homes`` table, to which every router writes the objects it s
   own upserts what is queued, in one transaction, as soon as it is there (the client has its
   answer by then, and the call naming the object comes after it), and now and then deletes
   the rows older than the retention, a few hundred per transaction.
-- A lookup happens only for a call naming an object this process does not know, on a thread,
-  for at most ``timeout_s``. An error or a timeout is logged (once a minute at most), the call
-  is routed as if nothing were known, and lookups pause for ``pause_s``; a row that cannot be
-  written is logged and dropped. The table helps routing; it decides nothing.
+- A lookup happens only for a call naming an object this process does not know, on one of a
+  few threads, for at most ``timeout_s``. An error or a timeout is logged (once a minute at
+  most), the call is routed as if nothing were known, and lookups pause for ``pause_s``; a
+  row that cannot be written is logged and dropped. The table helps routing; it decides nothing.
 - A row found is only ever a pin: the policy still decides, and an object outside the places
   the call may now be processed in is refused (451), never looked for elsewhere.
 """
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _BATCH = 256  # rows per upsert or delete transaction
 _PRUNE_EVERY_S = 3600.0
 _WARN_EVERY_S = 60.0
+_LOOKUP_THREADS = 4  # one slow lookup does not hold up the calls behind it
 
 Row = tuple[str, str, str, int]  # tenant ("" for none), object id, endpoint, made at (Unix s)
 
@@ -79,7 +80,9 @@ class ObjectTable:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._lookups = ThreadPoolExecutor(1, thread_name_prefix="geopin-object-lookup")
+        self._lookups = ThreadPoolExecutor(
+            _LOOKUP_THREADS, thread_name_prefix="geopin-object-lookup"
+        )
         self._thread = threading.Thread(target=self._work, name="geopin-object-homes", daemon=True)
         self._thread.start()
 
