@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from geopin.audit.records import FLAT_KEYS
@@ -76,7 +77,12 @@ records = Table(
     Index("ix_audit_records_model_ts", "model", "ts"),
     Index("ix_audit_records_endpoint_ts", "endpoint", "ts"),
     Index("ix_audit_records_decision_id", "decision_id"),
-    Index("ix_audit_records_object", "object"),
+    Index(  # most records name no object: only those that do are indexed
+        "ix_audit_records_object",
+        "object",
+        sqlite_where=text("object IS NOT NULL"),
+        postgresql_where=text("object IS NOT NULL"),
+    ),
 )
 
 record_rules = Table(

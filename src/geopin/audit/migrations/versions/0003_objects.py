@@ -19,7 +19,15 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("audit_records", sa.Column("object", sa.String()))
-    op.create_index("ix_audit_records_object", "audit_records", ["object"])
+    # Most records name no object: only those that do are indexed.
+    named = sa.text("object IS NOT NULL")
+    op.create_index(
+        "ix_audit_records_object",
+        "audit_records",
+        ["object"],
+        sqlite_where=named,
+        postgresql_where=named,
+    )
     op.create_table(
         "object_homes",
         sa.Column("tenant", sa.String(), primary_key=True),
