@@ -13,6 +13,7 @@ GUARDED = [
     ("GET", "/_geopin/policy"),
     ("GET", "/_geopin/endpoints"),
     ("POST", "/_geopin/reload"),
+    ("GET", "/_geopin/objects"),
     ("GET", "/_geopin/openapi.json"),
     ("GET", "/_geopin/audit/stats?by=endpoint"),
 ]

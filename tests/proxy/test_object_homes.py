@@ -142,6 +142,12 @@ def test_another_router_of_the_same_database_finds_the_object(router, tmp_path, 
         t2 = _call(other, "GET", f"/v1/responses/{ident}", other.headers(tenant="t2", country="DE"))
         assert t2.headers["x-geopin-endpoint"] == "eu-se"  # not that tenant's object
         assert requests_seen(upstreams["us"]) == 0
+        # What each process's share of the table did, for operators.
+        made = router.admin("GET", "/_geopin/objects").json()
+        assert made["remembered"] == 1 and made["table"]["written"] == 1
+        looked = other.admin("GET", "/_geopin/objects").json()["table"]
+        assert looked["found"] == 1 and looked["lookups"] == 2  # t1's read, then t2's miss
+        assert looked["failed"] == 0 and looked["paused"] is False
     finally:
         other.stop()
 

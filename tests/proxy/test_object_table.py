@@ -141,6 +141,8 @@ def test_a_database_that_fails_costs_a_warning_not_a_request(tmp_path, caplog):
             while not table.dropped and time.monotonic() < deadline:
                 time.sleep(0.005)
         assert table.dropped == 1 and table.written == 0
+        stats = table.stats()
+        assert (stats["lookups"], stats["failed"], stats["paused"]) == (1, 1, True)
         messages = [r.getMessage() for r in caplog.records]
         assert any("looking up where objects were made failed" in m for m in messages)
         assert any("1 object home(s) not kept" in m and "object_homes" in m for m in messages)

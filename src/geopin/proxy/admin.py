@@ -184,6 +184,19 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
             }
         return shown
 
+    @admin.get("/objects")
+    def objects() -> dict[str, Any]:
+        """Where made objects live, as this process sees it: how many it remembers, and what
+        its share of the database's ``object_homes`` table has done (``null`` when
+        ``objects.shared`` is off)."""
+        homes = runtime.objects
+        table = homes.table
+        return {
+            "remembered": len(homes),
+            "capacity": homes.capacity,
+            "table": None if table is None else table.stats(),
+        }
+
     @admin.get("/endpoints")
     def endpoints() -> dict[str, Any]:
         """Every endpoint of the policy with its breaker and latency."""

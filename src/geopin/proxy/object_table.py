@@ -74,8 +74,11 @@ class ObjectTable:
         self._warned_at: dict[str, float] = {}
         self._upsert = _upsert(engine.dialect.name)
         self._gate = sqlite_write_gate(engine)
-        self.written = 0  # rows upserted, for tests and the curious
+        self.written = 0  # rows upserted
         self.dropped = 0  # rows that could not be written
+        self.lookups = 0  # lookups asked of the database
+        self.found = 0  # ...that found an object
+        self.failed = 0  # ...that failed or timed out
 
     def start(self) -> None:
         if self._thread is not None:
@@ -109,16 +112,32 @@ class ObjectTable:
         lookups = self._lookups
         if lookups is None or not names or time.monotonic() < self._paused_until:
             return None
+        self.lookups += 1
         running = lookups.submit(self.lookup, tenant, names)
         self._running.add(running)
         running.add_done_callback(self._running.discard)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(running), self.timeout_s)
+            found = await asyncio.wait_for(asyncio.wrap_future(running), self.timeout_s)
         except (AuditError, TimeoutError) as exc:
+            self.failed += 1
             self._paused_until = time.monotonic() + self.pause_s
             why = str(exc) or f"no answer within {self.timeout_s} s"
             self._warn("lookup", f"looking up where objects were made failed: {why}")
             return None
+        self.found += found is not None
+        return found
+
+    def stats(self) -> dict[str, int | bool]:
+        """What the table has done in this process, for the admin API."""
+        return {
+            "queued": self._queue.qsize(),
+            "written": self.written,
+            "dropped": self.dropped,
+            "lookups": self.lookups,
+            "found": self.found,
+            "failed": self.failed,
+            "paused": time.monotonic() < self._paused_until,
+        }
 
     def lookup(self, tenant: str | None, names: list[str]) -> tuple[str, str] | None:
         """``find``'s query, on the calling thread; AuditError when the database fails."""
