@@ -123,6 +123,7 @@ def test_query_formats_and_paging(setup):
         )
     )
     assert [r["seq"] for r in rows] == ["0", "4"] and rows[0]["rules"] == "eu-residency"
+    assert list(rows[0])[-2:] == ["rules", "object"] and rows[0]["object"] == ""
 
 
 def test_query_reports_and_can_include_pending(setup):

@@ -366,7 +366,7 @@ def query(
         for row in page.rows:
             click.echo(json.dumps({"seq": row["seq"], "record": row["record"]}, sort_keys=True))
     else:
-        columns = (*_TABLE_COLUMNS, "rules")
+        columns = (*_TABLE_COLUMNS, "rules", "object")  # new columns go last, for CSV readers
         table = [[_cell(row, c) for c in columns] for row in page.rows]
         _emit(columns, table, fmt)
     if page.next_cursor:
