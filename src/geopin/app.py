@@ -16,6 +16,8 @@ import os
 import time
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from geopin.audit.checkpoint import SigningKey
 from geopin.audit.db import create_audit_engine
 from geopin.audit.migrate import check_schema
@@ -194,7 +196,7 @@ def build_app(
     if audit is None:
         audit = _audit_writer(settings)
         sequencer = _sequencer(settings, audit)
-        objects = ObjectHomes(table=_object_table(settings))
+        objects = ObjectHomes(table=_object_table(settings, audit.engine))
     key = settings.audit.client_key
     client_key = key.get_secret_value().encode() if key is not None else os.urandom(32)
     upstream = settings.upstream
@@ -269,14 +271,10 @@ def _audit_writer(settings: Settings) -> AuditWriter:
     return AuditWriter(engine, spool=settings.audit.spool)
 
 
-def _object_table(settings: Settings) -> ObjectTable | None:
+def _object_table(settings: Settings, engine: Engine) -> ObjectTable | None:
     objects = settings.objects
     if not objects.shared:
         return None
-    engine = create_audit_engine(
-        settings.audit.database_url.get_secret_value(),
-        sqlite_synchronous=settings.audit.sqlite_synchronous,
-    )
     return ObjectTable(
         engine,
         retention_s=objects.retention_days * 86_400,

@@ -44,6 +44,12 @@ def _table(url: str, clock: Clock | None = None, **options) -> ObjectTable:
     return table
 
 
+def _close(table: ObjectTable) -> None:
+    """Stop the table, then dispose of its engine (an application's owner does that)."""
+    table.close()
+    table.engine.dispose()
+
+
 def _rows(url: str) -> set[tuple[str, str, str]]:
     engine = create_audit_engine(url)
     try:
@@ -77,8 +83,8 @@ def test_what_one_router_learns_another_finds(url):
         assert asyncio.run(there.locate("t2", ["resp_1"])) is None  # another tenant's
         assert asyncio.run(there.locate("t1", ["resp_never"])) is None
     finally:
-        maker.close()
-        reader.close()
+        _close(maker)
+        _close(reader)
     assert _rows(url) == {("t1", "resp_1", "eu-fr"), ("", "file-anon", "eu-se")}
 
 
@@ -92,7 +98,7 @@ def test_names_are_looked_up_in_the_calls_order_and_the_newest_row_wins(url):
         assert asyncio.run(table.find("t1", ["resp_b", "file-a"])) == ("resp_b", "us")
         assert asyncio.run(table.find("t1", ["file-a", "resp_b"])) == ("file-a", "eu-de")
     finally:
-        table.close()
+        _close(table)
     assert _rows(url) == {("t1", "file-a", "eu-de"), ("t1", "resp_b", "us")}
 
 
@@ -100,7 +106,7 @@ def test_close_writes_what_is_queued(url):
     table = _table(url)
     for n in range(600):  # more than one transaction's worth
         table.remember("t1", f"file-{n:04d}", "eu-se")
-    table.close()
+    _close(table)
     assert len(_rows(url)) == 600
     assert table.written == 600 and table.dropped == 0
 
@@ -127,7 +133,7 @@ def test_rows_older_than_the_retention_are_neither_found_nor_kept(url):
         assert table.prune() == 301
         assert _rows(url) == set()
     finally:
-        table.close()
+        _close(table)
 
 
 def test_a_database_that_fails_costs_a_warning_not_a_request(tmp_path, caplog):
@@ -150,7 +156,7 @@ def test_a_database_that_fails_costs_a_warning_not_a_request(tmp_path, caplog):
         table.lookup = None  # type: ignore[assignment]  # would raise if called
         assert asyncio.run(table.find("t1", ["resp_1"])) is None
     finally:
-        table.close()
+        _close(table)
 
 
 def test_a_lookup_that_hangs_is_given_up_after_its_timeout(url, caplog):
@@ -171,7 +177,7 @@ def test_a_lookup_that_hangs_is_given_up_after_its_timeout(url, caplog):
         assert any("no answer within 0.2 s" in r.getMessage() for r in caplog.records)
     finally:
         release.set()
-        table.close()
+        _close(table)
 
 
 def test_without_a_table_only_the_process_remembers():
@@ -191,7 +197,7 @@ def test_an_object_read_back_is_not_written_again(url):
         homes.learn("t1", "resp_1", "eu-se")  # made again elsewhere: that is news
         _written(table, 2)
     finally:
-        table.close()
+        _close(table)
     assert table.written == 2
     assert _rows(url) == {("t1", "resp_1", "eu-se")}
 
@@ -221,4 +227,4 @@ def test_a_slow_lookup_does_not_hold_up_the_others(url):
         assert asyncio.run(both()) == (("resp_fast", "eu-fr"), None)
     finally:
         release.set()
-        table.close()
+        _close(table)

@@ -50,7 +50,8 @@ Row = tuple[str, str, str, int]  # tenant ("" for none), object id, endpoint, ma
 
 
 class ObjectTable:
-    """The ``object_homes`` table of one database, read and written off the event loop."""
+    """The ``object_homes`` table of one database, read and written off the event loop, through
+    ``engine`` (the audit writer's; its owner disposes of it)."""
 
     def __init__(
         self,
@@ -99,7 +100,6 @@ class ObjectTable:
         if lookups is not None:
             lookups.shutdown(wait=False, cancel_futures=True)
             futures.wait(list(self._running), timeout_s)  # a lookup given up may still run
-        self.engine.dispose()
 
     def remember(self, tenant: str | None, object_id: str, endpoint: str) -> None:
         """Queue the row; it is written shortly, by the table's own thread."""
