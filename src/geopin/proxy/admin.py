@@ -25,11 +25,11 @@ from starlette.exceptions import HTTPException
 
 from geopin import __version__
 from geopin.geo.location import UNKNOWN, Location, LocationSource
-from geopin.keys import presented_key
 from geopin.policy.decision import RequestContext
 from geopin.policy.explain import explain
 from geopin.proxy.refusal import error_payload
 from geopin.proxy.reload import Reloader, reload_other_workers
+from geopin.proxy.request import client_tenant
 from geopin.proxy.state import Runtime
 
 PREFIX = "/_geopin"
@@ -140,23 +140,14 @@ def build_admin(runtime: Runtime, reloader: Reloader, ready: Callable[[], bool])
         clients are served)."""
         if is_admin(request):
             return _Reader(admin=True)
-        state = runtime.holder.current
-        key = presented_key(request.scope["headers"])
-        if key is None:
-            if runtime.settings.auth.allow_anonymous:
-                return _Reader(admin=False)
-            raise _AdminError(
-                401,
-                "a geopin API key or the admin token is required",
-                "authentication_error",
-                "invalid_api_key",
-            )
-        entry = state.keys.authenticate(key) if state.keys is not None else None
-        if entry is None:
-            raise _AdminError(
-                401, "the geopin API key is not valid", "authentication_error", "invalid_api_key"
-            )
-        return _Reader(admin=False, tenant=entry.tenant)
+        tenant, why = client_tenant(
+            runtime.holder.current,
+            request.scope["headers"],
+            allow_anonymous=runtime.settings.auth.allow_anonymous,
+        )
+        if why is not None:
+            raise _AdminError(401, why, "authentication_error", "invalid_api_key")
+        return _Reader(admin=False, tenant=tenant)
 
     @rules.get("/policy/rules/{rule_id}")
     def rule(rule_id: str, request: Request) -> dict[str, Any]:

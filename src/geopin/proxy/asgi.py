@@ -27,7 +27,6 @@ from geopin.errors import AuditError, GeoIPError
 from geopin.geo.client import client_address
 from geopin.geo.location import UNKNOWN, Location
 from geopin.geo.locator import locate
-from geopin.keys import presented_key
 from geopin.policy.decision import Decision, Endpoint, RequestContext
 from geopin.policy.engine import decide
 from geopin.proxy import refusal
@@ -43,6 +42,7 @@ from geopin.proxy.request import (
     Pin,
     affinity_key,
     call_api,
+    client_tenant,
     client_trace_id,
     content_type,
     declared_data_class,
@@ -359,15 +359,8 @@ class ProxyApp:
         return error
 
     def _tenant(self, state: RuntimeState, headers: list) -> tuple[str | None, Any]:
-        key = presented_key(headers)
-        if key is None:
-            if self._anonymous:
-                return None, None
-            return None, refusal.unauthorized()
-        entry = state.keys.authenticate(key) if state.keys is not None else None
-        if entry is None:
-            return None, refusal.unauthorized("the geopin API key is not valid")
-        return entry.tenant, None
+        tenant, why = client_tenant(state, headers, allow_anonymous=self._anonymous)
+        return tenant, None if why is None else refusal.unauthorized(why)
 
     def _locate(self, state: RuntimeState, scope: dict, headers: list) -> tuple[Any, Location]:
         peer = scope.get("client")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from geopin.keys import presented_key
 from geopin.proxy import refusal
 from geopin.proxy.form import FormError, FormModel, NoModelField, form_model, is_multipart
 from geopin.proxy.objects import ObjectHomes
@@ -70,6 +71,21 @@ def declared_data_class(state: RuntimeState, headers: list) -> tuple[str | None,
                 )
             return declared, None
     return None, None
+
+
+def client_tenant(
+    state: RuntimeState, headers: list, *, allow_anonymous: bool
+) -> tuple[str | None, str | None]:
+    """Who the client is, from its router key (never from a header it could set otherwise):
+    (tenant, None); (None, None) for a client without a key where anonymous clients are
+    served; (None, why) when it must be refused with a 401."""
+    key = presented_key(headers)
+    if key is None:
+        return None, None if allow_anonymous else "a valid geopin API key is required"
+    entry = state.keys.authenticate(key) if state.keys is not None else None
+    if entry is None:
+        return None, "the geopin API key is not valid"
+    return entry.tenant, None
 
 
 class Pin(NamedTuple):
