@@ -182,10 +182,10 @@ def bench_checkpoint(args) -> None:
 
 
 async def _router_like(engine, tmp: str, count: int) -> list[float]:
-    """The commit of each decision record timed, as the router makes it for a request that is
-    alone (``commit(..., alone=True)``: on the event loop when nothing else writes), its
-    outcome queued after it (``submit``), the sequencer running and signing checkpoints with
-    the router's defaults."""
+    """The commit of each decision record timed, as the router makes it (``commit``: on SQLite
+    with ``synchronous=NORMAL`` an append to the process's journal), its outcome queued after
+    it (``submit``), the sequencer running and signing checkpoints with the router's
+    defaults."""
     sequencer = Sequencer(
         engine,
         signing_key=SigningKey.generate("bench.test/geopin"),
@@ -200,7 +200,7 @@ async def _router_like(engine, tmp: str, count: int) -> list[float]:
         record = make_record(n)  # a fresh UUIDv7 id each time
         body = encode(record)
         started = time.perf_counter()
-        await writer.commit(record["id"], body, alone=True)  # the only request in flight
+        await writer.commit(record["id"], body)
         samples.append(time.perf_counter() - started)
         outcome = make_outcome(n)
         writer.submit(outcome["id"], encode(outcome))  # after the response: nobody waits

@@ -4,15 +4,23 @@ its rows stay there, at or below the log's mark, until swept)."""
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from geopin.audit.inbox import inbox_path
+from geopin.audit.journal import journal_dir, unmoved
 from geopin.audit.schema import pending
 
 
 def pending_rows(engine: Engine) -> list[tuple[str, bytes]]:
-    """(record id, body) of every pending row: the database's, then the inbox's, in id order."""
+    """(record id, body) of every pending row: the database's, then the inbox's, in id order,
+    then those of the router processes' journals that are not in the inbox yet (read first: a
+    record moving meanwhile is then found in one place or both)."""
+    database = engine.url.database
+    sqlite = engine.dialect.name == "sqlite" and database
+    journaled = unmoved(journal_dir(database)) if sqlite else []
     with engine.connect() as conn:
         rows = [tuple(r) for r in conn.execute(sa.select(pending.c.record_id, pending.c.body))]
     path = inbox_path(engine)
@@ -25,6 +33,7 @@ def pending_rows(engine: Engine) -> list[tuple[str, bytes]]:
                     rows += [tuple(r) for r in conn.execute(query)]
         finally:
             inbox.dispose()
+    rows += [(json.loads(body)["id"], body) for body in journaled]
     return [(rid, bytes(body)) for rid, body in rows]
 
 

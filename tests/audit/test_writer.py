@@ -126,7 +126,7 @@ def test_commit_and_submit_take_encoded_records(engine):
     decision, outcome = make_record(1), make_record(2)
 
     async def main():
-        writer = AuditWriter(engine, linger_s=30.0)
+        writer = AuditWriter(engine, linger_s=30.0, journal=False)  # each commit() commits
         await writer.start()
         writer.submit(outcome["id"], encode(outcome))  # nobody waits: it joins the next commit
         assert writer.queue_depth == 1 and pending_ids(engine) == []
@@ -296,6 +296,7 @@ _KILL_CHILD = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from audit_factories import make_record
     from geopin.audit.db import create_audit_engine
+    from geopin.audit.records import encode
     from geopin.audit.writer import AuditWriter
 
     async def main():
@@ -304,7 +305,12 @@ _KILL_CHILD = textwrap.dedent(
         n = 0
         while True:
             record = make_record(n)
-            await writer.record(record)
+            if sys.argv[3] == "commit":  # as the router keeps a decision: journaled, here
+                await writer.commit(record["id"], encode(record))
+                if n % 50 == 0:
+                    await asyncio.sleep(0.001)  # room for the writer's thread
+            else:
+                await writer.record(record)
             print(record["id"], flush=True)  # acknowledged
             n += 1
 
@@ -313,25 +319,32 @@ _KILL_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_acknowledged_records_survive_sigkill(tmp_path):
-    url = f"sqlite:///{tmp_path / 'kill.db'}"
-    engine = create_audit_engine(url)
-    upgrade(engine)
+def killed_after(url: str, how: str, count: int) -> list[str]:
+    """Run a writer in a child process that keeps records (``how``: ``record`` or ``commit``)
+    one after another; SIGKILL it after ``count``; the ids it had acknowledged by then."""
     here = os.path.dirname(__file__)
     child = subprocess.Popen(
-        [sys.executable, "-c", _KILL_CHILD, url, here], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _KILL_CHILD, url, here, how], stdout=subprocess.PIPE, text=True
     )
     acknowledged = []
     assert child.stdout is not None
     for line in child.stdout:
         acknowledged.append(line.strip())
-        if len(acknowledged) == 300:
+        if len(acknowledged) == count:
             break
     child.send_signal(signal.SIGKILL)
     child.wait()
     acknowledged.extend(line.strip() for line in child.stdout)  # printed before the kill
     child.stdout.close()
+    return acknowledged
+
+
+@pytest.mark.slow
+def test_acknowledged_records_survive_sigkill(tmp_path):
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    engine = create_audit_engine(url)
+    upgrade(engine)
+    acknowledged = killed_after(url, "record", 300)
     stored = set(pending_ids(engine))
     assert set(acknowledged) <= stored
     engine.dispose()

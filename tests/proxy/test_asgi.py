@@ -728,7 +728,7 @@ class _SwitchedAudit:
         self.down = False
         self.committed: list[str] = []
 
-    async def commit(self, record_id, body, *, alone=False):
+    async def commit(self, record_id, body):
         if self.down:
             raise AuditUnavailable("database is down")
         self.committed.append(record_id)
@@ -765,7 +765,7 @@ def test_readiness_goes_false_while_decisions_cannot_be_recorded(tmp_path, mocks
 class _DownAudit:
     """The audit database at its edge: down, and no spool."""
 
-    async def commit(self, record_id, body, *, alone=False):
+    async def commit(self, record_id, body):
         raise AuditUnavailable("database is down")
 
     def submit(self, record_id, body):
@@ -775,7 +775,7 @@ class _DownAudit:
 class _BrokenAudit:
     """A fault that is nobody's edge: a bug raising something geopin does not expect."""
 
-    async def commit(self, record_id, body, *, alone=False):
+    async def commit(self, record_id, body):
         raise RuntimeError("a bug")
 
     def submit(self, record_id, body):

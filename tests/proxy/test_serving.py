@@ -20,8 +20,10 @@ import sqlalchemy as sa
 
 from audit_pending import pending_rows
 from geopin.audit.db import create_audit_engine
+from geopin.audit.journal import journal_dir
 from geopin.audit.migrate import upgrade
 from geopin.audit.schema import object_homes, records
+from geopin.audit.store import pending_count
 from geopin.keys import KeyStore
 
 from .conftest import chat_body, endpoint_yaml, write_policy
@@ -417,3 +419,65 @@ def test_an_admin_reload_reaches_every_worker(served, mocks, tmp_path):
         pids = {line["pid"] for line in lines if line.get("decision_id") in statuses}
     assert len(pids) == 2, f"only worker(s) {pids} answered"
     assert set(statuses.values()) == {451}, statuses
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_a_killed_workers_journal_is_sequenced_by_the_workers_that_live(served, mocks):
+    """SIGKILL one of two workers under load: the records it had only in its journal are
+    moved into the log by a living worker's sequencer, with nobody restarting anything by
+    hand, and every answered request's decision is sequenced once."""
+    router = served(mocks("eu-se").url, workers=2)
+    deadline = time.monotonic() + 30
+    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == 2, workers
+    time.sleep(11)  # older than the supervisor's early-death window: it starts another
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                response = httpx.post(
+                    router.url + "/v1/chat/completions",
+                    json=chat_body(),
+                    headers=router.headers() | {"connection": "close"},
+                    timeout=10,
+                )
+            except httpx.TransportError:  # in flight at the dead worker
+                continue
+            if response.status_code == 200:
+                answered.append(response.headers["x-geopin-decision-id"])
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        while len(answered) < 300:
+            time.sleep(0.05)
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    engine = create_audit_engine(router.db)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if not pending_count(conn):
+                    break
+            time.sleep(0.1)
+        with engine.connect() as conn:
+            assert pending_count(conn) == 0
+            sequenced = list(
+                conn.scalars(sa.select(records.c.decision_id).where(records.c.kind == "decision"))
+            )
+    finally:
+        engine.dispose()
+    assert set(answered) <= set(sequenced) and len(sequenced) == len(set(sequenced))
+    router.process.send_signal(signal.SIGTERM)
+    assert router.process.wait(40) == 0, router.log()
+    assert list(journal_dir(router.db.removeprefix("sqlite:///")).iterdir()) == []

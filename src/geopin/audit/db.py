@@ -64,6 +64,13 @@ def _sqlite_engine(url: sa.URL, synchronous: SqliteSync, **options: Any) -> Engi
 _SYNCHRONOUS: weakref.WeakKeyDictionary[Engine, SqliteSync] = weakref.WeakKeyDictionary()
 
 
+def sqlite_synchronous(engine: Engine) -> SqliteSync | None:
+    """The ``synchronous`` setting of a SQLite engine's connections; None for PostgreSQL."""
+    if engine.dialect.name != "sqlite":
+        return None
+    return _SYNCHRONOUS.get(engine, "NORMAL")
+
+
 def sqlite_engine_like(engine: Engine, path: str) -> Engine:
     """An engine for another SQLite file, set up as ``engine`` is, that keeps no connection
     open between uses (its users hold theirs, or open one now and then)."""
@@ -121,32 +128,18 @@ class WriteGate:
 
     @contextmanager
     def foreground(self) -> Iterator[None]:
-        self._take(-1)
+        """Wait for the gate, counted as waiting so that background work lets it in first."""
+        with self._count:
+            self._foreground_waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count:
+                self._foreground_waiting -= 1
         try:
             yield
         finally:
             self._lock.release()
-
-    def try_foreground(self, timeout: float = 0.0) -> bool:
-        """Take the gate if it is free within ``timeout`` seconds (0: without waiting), as
-        background work's next turn would let it in first; then ``release()`` it."""
-        if self._lock.acquire(blocking=False):  # the usual case: free, nothing counted
-            return True
-        return timeout > 0 and self._take(timeout)
-
-    def _take(self, timeout: float) -> bool:
-        """Wait for the gate as a foreground writer, ``timeout`` seconds at most (-1: for as
-        long as it takes), counted so that background work lets it in first."""
-        with self._count:
-            self._foreground_waiting += 1
-        try:
-            return self._lock.acquire(timeout=timeout)
-        finally:
-            with self._count:
-                self._foreground_waiting -= 1
-
-    def release(self) -> None:
-        self._lock.release()
 
     @contextmanager
     def background(self) -> Iterator[None]:

@@ -139,6 +139,17 @@ def take(inbox: Engine, identity: str, after: int, limit: int) -> list[Row]:
     return [Row(int(i), rid, bytes(body)) for i, rid, body in rows]
 
 
+def insert(inbox: Engine, gate: WriteGate, rows: list[tuple[str, bytes]]) -> None:
+    """Commit ``rows`` (record id, body) to the inbox in one transaction, as background work:
+    the records of a journal whose process ended (``geopin.audit.journal``)."""
+    ensure(inbox)
+    with gate.background(), inbox.connect() as conn:
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        with sqlite_write(driver):
+            driver.executemany(INSERT_SQL, rows)
+
+
 class Sweep:
     """Deleting what the log holds from the inbox: rarely (every ``every`` records or
     ``interval_s`` seconds), ``chunk`` rows per transaction, each taken through the inbox's

@@ -41,7 +41,8 @@ from geopin.audit.batch import Batch, apply, build, id_time, plan, read, store_i
 from geopin.audit.checkpoint import Checkpoint, SigningKey
 from geopin.audit.checkpoint_file import CheckpointFile, TornEntryError
 from geopin.audit.db import WriteGate, sqlite_write_gate, translate_errors, write_connection
-from geopin.audit.inbox import Sweep, ensure, inbox_engine, waiting
+from geopin.audit.inbox import Sweep, ensure, inbox_engine, insert, waiting
+from geopin.audit.journal import journal_dir, recover
 from geopin.audit.lock import FileLock, background_priority, low_priority
 from geopin.audit.records import format_time
 from geopin.audit.schema import checkpoints, pending
@@ -104,11 +105,14 @@ class Sequencer:
         self._inbox = inbox_engine(engine)
         self._inbox_id: str | None = None  # its identity, read at each run
         self._inbox_mark = 0  # how far into it the log went after this sequencer's last batch
+        self._inbox_gate = sqlite_write_gate(self._inbox) if self._inbox is not None else None
         self._sweep = (
-            Sweep(self._inbox, sqlite_write_gate(self._inbox) or WriteGate())
-            if self._inbox is not None
-            else None
+            Sweep(self._inbox, self._inbox_gate or WriteGate()) if self._inbox is not None else None
         )
+        # Router processes' journals, beside the database (SQLite): the ended ones' are moved
+        # into the inbox here.
+        database = engine.url.database
+        self._journals = journal_dir(database) if self._inbox is not None and database else None
         self._storer: ThreadPoolExecutor | None = None
         self._signing = False  # a checkpoint is being signed in the current transaction
         self._pending_since: float | None = None  # oldest record seen pending, not yet taken
@@ -130,6 +134,7 @@ class Sequencer:
             self._observe_pending()
             return SequenceResult(0, 0, -1, None, True)
         try:
+            self._recover_journals()
             result = self._run_batches(force_checkpoint, wait)
             self._sweep_inbox(now=force_checkpoint)
         finally:
@@ -175,6 +180,19 @@ class Sequencer:
                 self._pending_since = None
                 self._last_wait_s = first_wait or 0.0
                 return SequenceResult(sequenced, duplicates, size, signed)
+
+    def _recover_journals(self) -> None:
+        """The records of router processes that ended before moving their journals into the
+        inbox (``geopin.audit.journal.recover``), into the inbox: sequenced in this run."""
+        if self._journals is None:
+            return
+        assert self._inbox is not None and self._inbox_gate is not None
+        inbox, gate = self._inbox, self._inbox_gate
+        try:  # what fails stays in the files for the next run; the rest is sequenced anyway
+            with translate_errors("recovering audit journals"):
+                recover(self._journals, lambda rows: insert(inbox, gate, rows))
+        except (AuditError, OSError) as exc:
+            log.error("audit journals in %s not recovered, will retry: %s", self._journals, exc)
 
     def _sweep_inbox(self, *, now: bool) -> None:
         """Delete what the log holds from the inbox, when that is due (``inbox.Sweep``)."""

@@ -72,26 +72,14 @@ class Spool:
         if not self.has_records():
             return 0
         with self._locked("r") as fd:
-            rows, rejected = _parse(_read_all(fd), self.path)
+            rows, rejected = parse_records(_read_all(fd), self.path)
             if rows:
                 insert(rows)  # raises if the database is still away: the spool stays as it is
             if rejected:
-                self._reject(rejected)
+                set_aside(rejected, Path(f"{self.path}.rejected"), self.path)
             os.ftruncate(fd, 0)
             os.fsync(fd)
             return len(rows)
-
-    def _reject(self, lines: list[bytes]) -> None:
-        with open(f"{self.path}.rejected", "ab") as sink:
-            sink.write(b"".join(line + b"\n" for line in lines))
-            sink.flush()
-            os.fsync(sink.fileno())
-        log.error(
-            "audit spool %s: %d unreadable lines moved to %s.rejected",
-            self.path,
-            len(lines),
-            self.path,
-        )
 
     def count(self) -> int:
         """How many records are waiting in the spool."""
@@ -101,11 +89,14 @@ class Spool:
             return _read_all(fd).count(b"\n")
 
 
-def _parse(data: bytes, path: Path) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+def parse_records(data: bytes, path: Path) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """The (record id, body) of each line of a file of canonical records (a spool, a journal
+    segment), and the lines that are not one. A last line without its newline was being
+    written when its process died: kept if it is a whole record, reported either way."""
     lines = data.split(b"\n")
     torn = lines.pop()  # b"" when the file ends with a newline
     if torn:
-        log.warning("audit spool %s ends with an unterminated record", path)
+        log.warning("audit records file %s ends with an unterminated record", path)
         lines.append(torn)
     rows: list[tuple[str, bytes]] = []
     rejected: list[bytes] = []
@@ -118,6 +109,16 @@ def _parse(data: bytes, path: Path) -> tuple[list[tuple[str, bytes]], list[bytes
         else:
             rows.append((record_id, line))
     return rows, rejected
+
+
+def set_aside(lines: list[bytes], sink: Path, source: Path) -> None:
+    """Keep unreadable lines of ``source`` in ``sink`` (appended, fsync'd) and report them:
+    never dropped silently."""
+    with open(sink, "ab") as out:
+        out.write(b"".join(line + b"\n" for line in lines))
+        out.flush()
+        os.fsync(out.fileno())
+    log.error("audit records file %s: %d unreadable lines moved to %s", source, len(lines), sink)
 
 
 def _read_all(fd: int) -> bytes:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
-from geopin.audit import merkle
+from geopin.audit import journal, merkle
 from geopin.audit.db import create_audit_engine, redact, translate_errors
 from geopin.audit.inbox import waiting
 from geopin.audit.schema import checkpoints, nodes, pending, records
@@ -120,9 +120,16 @@ def _checkpoint(row: Any) -> StoredCheckpoint:
 
 def pending_count(conn: Connection) -> int:
     """Records waiting to be sequenced: the database's own pending rows and, on SQLite, the
-    inbox's (``geopin.audit.inbox``)."""
+    inbox's (``geopin.audit.inbox``) and the router processes' journals' that are not in the
+    inbox yet (``geopin.audit.journal``)."""
     own = int(conn.scalar(sa.select(sa.func.count()).select_from(pending)) or 0)
-    return own + waiting(conn)[0]
+    database = conn.engine.url.database
+    journaled = (
+        journal.waiting(journal.journal_dir(database))
+        if conn.dialect.name == "sqlite" and database
+        else 0
+    )
+    return own + waiting(conn)[0] + journaled
 
 
 def inclusion_proof(conn: Connection, seq: int, size: int) -> list[bytes]:

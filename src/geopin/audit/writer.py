@@ -17,18 +17,20 @@ path) and a second thread checkpoints it every ``wal_checkpoint_interval_s`` ins
 which never blocks the writer. An in-process gate shared with the sequencer makes them queue
 on a mutex rather than on SQLite's busy handler, which sleeps in steps of up to 100 ms.
 
-A request that is alone in the router (``commit(..., alone=True)``) skips the hand-off: its
-record, with whatever lingers, is committed on the event loop when that cannot wait (SQLite,
-``synchronous=NORMAL``, nobody else writing; ``geopin.audit.inline``).
+A request's records (``commit()`` for its decision, ``submit()`` for its outcome) are, where a
+commit would not reach the disk anyway (SQLite with ``synchronous=NORMAL``), appended to this
+process's journal instead, which keeps them just as durably for one ``write(2)``
+(``geopin.audit.journal``): the request goes on at once, with no lock and no hand-off, and the
+writer's thread moves the journaled records into the inbox with its next commit, ``linger_s``
+later at most. Elsewhere (PostgreSQL, SQLite ``FULL``) ``commit()`` returns once the writer's
+thread has committed the record, and ``submit()`` queues an outcome nobody waits for, to join
+the next commit: a request costs one commit, not two.
 
-A record nobody is waiting on before answering (a request's outcome, written after its
-response has gone) is passed with ``linger=True``: it wakes no commit of its own but joins the
-next one, or one made ``linger_s`` later at most. At concurrency 1 that halves the commits and
-the thread hand-offs per request; it never delays a record that a response waits for.
-
-If the database cannot take records, ``record()`` raises ``AuditUnavailable`` (the router
-answers 503: it fails closed), unless a spool is configured: then the records go to the spool
-and are replayed into the database, once, when it is back.
+If the database cannot take records, ``record()`` and ``commit()`` raise ``AuditUnavailable``
+(the router answers 503: it fails closed), unless a spool is configured: then the records go to
+the spool and are replayed into the database, once, when it is back. Records already journaled
+are never dropped: the writer's thread tries them again every ``retry_interval_s``, and if the
+process ends first, the next start on the database recovers them.
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from geopin.audit.db import sqlite_write, sqlite_write_gate, translate_errors, write_connection
+from geopin.audit.db import (
+    sqlite_synchronous,
+    sqlite_write,
+    sqlite_write_gate,
+    translate_errors,
+    write_connection,
+)
 from geopin.audit.inbox import INSERT_SQL as INBOX_INSERT
 from geopin.audit.inbox import ensure, inbox_engine
-from geopin.audit.inline import LoopCommitter
+from geopin.audit.journal import Journal, journal_dir
 from geopin.audit.lock import background_priority
 from geopin.audit.migrate import check_schema
 from geopin.audit.records import encode
@@ -60,14 +68,16 @@ from geopin.errors import AuditError, AuditUnavailable
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[str, bytes, "asyncio.Future[None] | None"]  # no future: nobody waits
+# The third member: the future its caller awaits; None when nobody waits; JOURNALED when nobody
+# waits and the record is in this process's journal (kept until committed, never dropped).
+_Item = tuple[str, bytes, Any]
+JOURNALED = object()
 _STOP = object()
 _WAKE = object()  # commit what is lingering
 _FINISH_CHECKPOINT = object()  # copy what the last WAL checkpoint left (see _checkpoint_wal)
 _EMPTY_WAL = object()  # the same, waiting for other processes, and empty the WAL
 _WAL_RESTART_FRAMES = 1000  # SQLite's default wal_autocheckpoint
 _WAL_LIMIT_FRAMES = 8192  # 32 MiB of 4 KiB pages: other processes keep the WAL from restarting
-_GATE_WAIT_S = 0.005  # how long a lone request's commit on the loop waits for this process's gate
 _EMPTY_WAIT_MS = 200  # how long emptying the WAL waits for other processes' transactions
 
 
@@ -97,12 +107,13 @@ class AuditWriter:
         on_commit: Callable[[float], None] | None = None,
         wal_checkpoint_interval_s: float = 1.0,
         linger_s: float = 0.02,
-        commit_on_loop: bool = True,
+        journal: bool = True,
     ) -> None:
         """``on_commit`` is called after each committed transaction with its duration in
-        seconds, in the thread that committed (the writer's, or the event loop's for a lone
-        request's commit); what it raises is logged, never passed on. ``commit_on_loop``:
-        allow that lone-request commit on the loop (``geopin.audit.inline``)."""
+        seconds, in the writer's thread; what it raises is logged, never passed on.
+        ``journal``: keep a request's records in this process's journal where that is as
+        durable as a commit (``geopin.audit.journal``); False commits them as ``record()``
+        does."""
         self.engine = engine
         # Where the records go: on SQLite the inbox, on PostgreSQL the database itself.
         self._target = inbox_engine(engine) or engine
@@ -115,17 +126,17 @@ class AuditWriter:
         self._check = check
         self._sqlite = engine.dialect.name == "sqlite"
         self._gate = sqlite_write_gate(self._target)
-        self._on_loop = (
-            LoopCommitter(
-                self._target,
-                self._gate,
-                INBOX_INSERT,
-                retry_s=retry_interval_s,
-                wait_s=_GATE_WAIT_S,
-            )
-            if self._gate is not None and commit_on_loop
+        # A journal where a commit is not flushed to the disk either (see geopin.audit.journal).
+        self._journal_dir = (
+            journal_dir(str(engine.url.database))
+            if journal and sqlite_synchronous(engine) == "NORMAL" and engine.url.database
             else None
         )
+        self._journal: Journal | None = None
+        self._journal_done = 0  # journaled records committed, in order (the writer's thread)
+        # Why the last commit failed, None once one succeeds (written by the writer's thread).
+        self._failing: str | None = None
+        self._retry_at = 0.0
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lingering: deque[_Item] = deque()  # appended by the loop, taken by the writer
         self._outbox: list[_Item] = []  # this turn of the loop's records, for the thread
@@ -141,7 +152,6 @@ class AuditWriter:
         self._running = False
         self._accepted = 0  # written by the event loop's thread only
         self._finished = 0  # written by the writer's thread only
-        self._finished_on_loop = 0  # lingering records committed on the loop (its thread only)
         self._transactions = 0
         self._records = 0
         self._spooled = 0
@@ -165,6 +175,8 @@ class AuditWriter:
                 # Records can still be kept (spooled) and replayed once the database is back.
                 log.warning("audit database unavailable at start, spooling: %s", exc)
         await asyncio.to_thread(self._replay_spool)
+        if self._journal_dir is not None:
+            await asyncio.to_thread(self._open_journal, self._journal_dir)
         self._thread = threading.Thread(target=self._work, name="geopin-audit", daemon=True)
         self._thread.start()
         if self._sqlite and self.wal_checkpoint_interval_s > 0:
@@ -177,6 +189,19 @@ class AuditWriter:
     def _open_inbox(self) -> None:
         with translate_errors(f"opening the audit inbox of {self.engine.url.database}"):
             ensure(self._target)
+
+    def _open_journal(self, directory: Path) -> None:
+        """Start this process's journal. Without one (the directory unusable) a spool still
+        keeps records; else the writer cannot start."""
+        journal = Journal(directory)
+        try:
+            journal.open()
+        except AuditError as exc:
+            if self.spool is None:
+                raise AuditUnavailable(str(exc)) from exc
+            log.warning("audit journal unusable, committing each record instead: %s", exc)
+            return
+        self._journal = journal
 
     async def record(self, record: Mapping[str, Any], *, linger: bool = False) -> None:
         """Commit ``record`` durably; raise AuditUnavailable if it cannot be kept anywhere.
@@ -193,16 +218,17 @@ class AuditWriter:
             self._send((record["id"], body, future))
         await future
 
-    async def commit(self, record_id: str, body: bytes, *, alone: bool = False) -> None:
-        """Commit an encoded record (``records.encode``'s bytes) durably, as ``record()`` does.
-
-        ``alone``: no other request is in flight, so the commit may run on the event loop
-        itself, with the lingering records, when that cannot wait (``geopin.audit.inline``).
-        """
+    async def commit(self, record_id: str, body: bytes) -> None:
+        """Keep an encoded record (``records.encode``'s bytes) durably before returning: in the
+        journal, or committed as ``record()`` does. Raises AuditError if it cannot be kept."""
         self._check_running()
-        if alone and self._on_loop is not None and not self._spool_backlog:
-            if self._commit_on_loop(record_id, body):
-                return
+        journal = self._journal
+        if journal is not None:
+            if self._failing is not None and self.spool is None:
+                raise AuditUnavailable(f"the audit database is not taking records: {self._failing}")
+            journal.append(body)
+            self._linger((record_id, body, JOURNALED))
+            return
         future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
         self._send((record_id, body, future))
         await future
@@ -223,10 +249,19 @@ class AuditWriter:
 
     def submit(self, record_id: str, body: bytes) -> None:
         """Queue an encoded record that nobody waits for (a request's outcome, written after
-        its response has gone): it joins the next commit, or one ``linger_s`` later at most.
-        If it cannot be kept, the failure is logged with the record's id."""
+        its response has gone): journaled, or else it joins the next commit, ``linger_s``
+        later at most. If it cannot be kept, the failure is logged with the record's id."""
         self._check_running()
-        self._linger((record_id, body, None))
+        journal = self._journal
+        if journal is None:
+            self._linger((record_id, body, None))
+            return
+        try:
+            journal.append(body)  # kept even while the database refuses records
+        except AuditError as exc:
+            log.error("audit record %s not recorded: %s", record_id, exc)
+            return
+        self._linger((record_id, body, JOURNALED))
 
     def _check_running(self) -> None:
         if not self._running or self._loop is None or self._thread is None:
@@ -240,26 +275,6 @@ class AuditWriter:
         if self._linger_timer is None:
             assert self._loop is not None
             self._linger_timer = self._loop.call_later(self.linger_s, self._wake)
-
-    def _commit_on_loop(self, record_id: str, body: bytes) -> bool:
-        assert self._on_loop is not None
-        lingering = self._lingering
-        taken = [lingering.popleft() for _ in range(min(len(lingering), self.max_batch))]
-        rows = [(record_id, body), *((rid, data) for rid, data, _ in taken)]
-        started = time.perf_counter()
-        if not self._on_loop.commit(rows):
-            lingering.extendleft(reversed(taken))  # back in front, in their order
-            return False
-        self._committed(len(rows), time.perf_counter() - started)
-        self._finished_on_loop += len(taken)
-        _settle(taken, None)
-        if not lingering and self._linger_timer is not None:
-            # Its records are in. Left to run, it would wake the writer's thread for whatever
-            # lingers then, which the next request's commit takes along anyway: a thread
-            # wake-up and a transaction every linger_s for nothing, at concurrency 1.
-            self._linger_timer.cancel()
-            self._linger_timer = None
-        return True
 
     def _wake(self) -> None:
         self._linger_timer = None
@@ -277,8 +292,17 @@ class AuditWriter:
         self._flush()
         self._inbox.put(_STOP)  # the last batch takes whatever is lingering too
         await asyncio.to_thread(self._thread.join)
-        if self._on_loop is not None:
-            self._on_loop.close()
+        if self._journal is not None:
+            left = len(self._lingering)
+            if left:
+                log.warning(
+                    "%d audit records could not be committed and stay in the journal %s: the "
+                    "next start on this database moves them in",
+                    left,
+                    self._journal.directory,
+                )
+            self._journal.close(keep=left > 0)
+            self._journal = None
         self._stopping.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
@@ -286,7 +310,7 @@ class AuditWriter:
     @property
     def queue_depth(self) -> int:
         """Records accepted by ``record()`` and not yet committed (safe from any thread)."""
-        return max(0, self._accepted - self._finished - self._finished_on_loop)
+        return max(0, self._accepted - self._finished)
 
     def stats(self) -> WriterStats:
         with self._stats_lock:
@@ -323,12 +347,19 @@ class AuditWriter:
 
     def _work_once(self) -> bool:
         """Commit one batch (waiting for one if none is queued); False once stopped."""
+        retrying = self._failing is not None and bool(self._lingering)
         try:
-            timeout = self.retry_interval_s if self._spool_backlog else None
+            timeout = None
+            if self._spool_backlog:
+                timeout = self.retry_interval_s
+            if retrying:
+                timeout = min(timeout or 1e9, max(0.0, self._retry_at - time.monotonic()))
             item = self._inbox.get(timeout=timeout)
         except queue.Empty:
             self._replay_spool()
-            return True
+            if not retrying:
+                return True
+            item = _WAKE
         batch: list[_Item] = []
         stopped = False
         while True:
@@ -348,9 +379,11 @@ class AuditWriter:
             except queue.Empty:
                 break
         lingering = self._lingering
-        while lingering and (stopped or len(batch) < self.max_batch):
+        # After a failed commit the journaled records wait for the retry, not for every wake.
+        due = stopped or self._failing is None or time.monotonic() >= self._retry_at
+        while due and lingering and (stopped or len(batch) < self.max_batch):
             batch.append(lingering.popleft())
-        if lingering:  # a full batch left some behind: they get the next commit
+        if due and lingering:  # a full batch left some behind: they get the next commit
             self._inbox.put(_WAKE)
         if batch:
             self._commit_batch(batch)
@@ -365,6 +398,18 @@ class AuditWriter:
         except Exception as exc:  # every waiter hears about the failure
             error = exc if isinstance(exc, AuditError) else AuditError(f"audit write: {exc}")
         finally:
+            journaled = [item for item in batch if item[2] is JOURNALED]
+            if error is None:
+                self._failing = None
+                if journaled and self._journal is not None:
+                    self._journal_done += len(journaled)
+                    self._journal.committed(self._journal_done)
+            else:
+                self._failing = str(error)
+                self._retry_at = time.monotonic() + self.retry_interval_s
+                if journaled:  # kept, in their order, for the retry
+                    self._lingering.extendleft(reversed(journaled))
+                    batch = [item for item in batch if item[2] is not JOURNALED]
             self._finished += len(batch)
             assert self._loop is not None
             try:
@@ -537,6 +582,8 @@ class AuditWriter:
 
 def _settle(batch: list[_Item], error: BaseException | None) -> None:
     for record_id, _, future in batch:
+        if future is JOURNALED:  # committed (a failed one was kept for the retry)
+            continue
         if future is None:  # submitted: nobody waits, so the failure is told here
             if error is not None:
                 log.error("audit record %s not recorded: %s", record_id, error)

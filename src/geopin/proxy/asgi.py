@@ -1,12 +1,13 @@
 """The proxy path: a raw ASGI callable for ``/v1/*`` and Azure ``/openai/deployments/*``.
 
 Per request, in this order: authenticate the router key (the tenant), read and parse the body
-once, locate the client, decide, commit the decision record (503 if that fails: nothing is
-forwarded unrecorded), then try the candidates in routing's order until one answers below 500
-(never one outside the decision's candidates), and stream its answer through. The outcome
-record follows the response without delaying it. A call that names no model (files, batches,
-a stored response) is decided under every model's rules and goes to its tenant's home
-endpoint only; ``X-Geopin-Endpoint`` narrows any call to the endpoint it names.
+once, locate the client, decide, keep the decision record durably (``AuditWriter.commit``;
+503 if it cannot be kept: nothing is forwarded unrecorded), then try the candidates in
+routing's order until one answers below 500 (never one outside the decision's candidates),
+and stream its answer through. The outcome record follows the response without delaying it.
+A call that names no model (files, batches, a stored response) is decided under every model's
+rules and goes to its tenant's home endpoint only; ``X-Geopin-Endpoint`` narrows any call to
+the endpoint it names.
 
 Telemetry rides along in an :class:`Exchange` per request: a SERVER span (a shared do-nothing
 one with tracing off), child spans for the decision, the audit commit and each upstream
@@ -281,8 +282,7 @@ class ProxyApp:
                 data_class=data_class,
                 trace_id=trace_id,
             )
-            # Alone: nobody else waits for the loop, so the commit may run on it.
-            await runtime.audit.commit(record_id, body, alone=runtime.in_flight == 1)
+            await runtime.audit.commit(record_id, body)
         except AuditError as exc:
             span.end(error="audit_unavailable")
             runtime.audit_failed_at = time.monotonic()

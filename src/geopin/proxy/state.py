@@ -140,13 +140,12 @@ def watched_files(settings: Settings) -> tuple[tuple[str, int, int], ...]:
 class AuditSink(Protocol):
     """Where the proxy path's records go (``AuditWriter``; a test may stand in for it)."""
 
-    async def commit(self, record_id: str, body: bytes, *, alone: bool = False) -> None:
-        """Durably, before returning; AuditError when it cannot be kept. ``alone``: no other
-        request is in flight."""
+    async def commit(self, record_id: str, body: bytes) -> None:
+        """Durably, before returning; AuditError when it cannot be kept."""
         ...
 
     def submit(self, record_id: str, body: bytes) -> None:
-        """With a later commit; nobody waits, failures are logged by the sink."""
+        """Durably if it can be, without waiting; failures are logged by the sink."""
         ...
 
 
