@@ -221,22 +221,26 @@ async def _relay(
     headers.append((ENDPOINT_HEADER, endpoint.id.encode()))
     headers.append((COUNTRY_HEADER, endpoint.country.encode()))
     tap = UsageTap(content_type, length)
+    stream = length is None  # an open-ended body
     watcher = None
-    if length is None:
-        # An open-ended body (a stream): watch for the client going away meanwhile, or an
-        # idle stream would hold the upstream connection until its next event.
-        watcher = watch_stream(receive, response)
     try:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        first = watcher is not None  # a stream: its first byte's time is measured
-        while (chunk := await response.chunk()) is not None:
+        first = stream  # a stream: its first byte's time is measured
+        while True:
+            if stream and watcher is None and response.waiting:
+                # From the first wait on: a client that goes away is noticed at once, or an
+                # idle stream would hold the upstream connection until its next event.
+                watcher = watch_stream(receive, response)
+            chunk = await response.chunk()
+            if chunk is None:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if first:
                 first = False
                 metrics.time_to_first_byte(
                     endpoint=endpoint.id, seconds=time.perf_counter() - started
                 )
             tap.feed(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return tap, None
     except UpstreamError as exc:

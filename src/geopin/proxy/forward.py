@@ -229,6 +229,12 @@ class UpstreamResponse:
             self.close()
         return data
 
+    @property
+    def waiting(self) -> bool:
+        """Would :meth:`chunk` wait for the upstream now (nothing of the body is here yet)?"""
+        conn = self._conn
+        return conn is not None and not conn._body and not conn.complete and conn.error is None
+
     async def read(self, limit: int = 1 << 20) -> bytes:
         """The whole body (for small answers; raises UpstreamProtocolError beyond ``limit``)."""
         parts = []
