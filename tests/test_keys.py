@@ -67,6 +67,19 @@ def test_create_list_revoke_round_trip(tmp_path: Path) -> None:
     assert again.revoke(entry.key_id, now=T0.replace(hour=10)).revoked_at == T0.replace(hour=9)
 
 
+def test_a_verified_key_is_remembered_only_until_the_store_changes(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    entry, key = store.create("acme")
+    assert store.authenticate(key) == entry
+    assert store.authenticate(key) == entry  # now from memory
+    flipped = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert store.authenticate(flipped) is None and store.authenticate(flipped) is None
+    store.revoke(entry.key_id, now=T0)
+    assert store.authenticate(key) is None  # revoked: refused at once, not remembered
+    _, other = store.create("globex")
+    assert store.authenticate(other) is not None and store.authenticate(key) is None
+
+
 def test_key_format(tmp_path: Path) -> None:
     entry, key = _store(tmp_path).create("acme")
     prefix, key_id, secret = key.split("_", 2)

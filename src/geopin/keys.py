@@ -38,6 +38,7 @@ _PREFIX = "gpk"
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32)
 _MAX_KEY_LENGTH = 128  # longer input is not a key; refuse it before hashing it
+_MAX_VERIFIED = 4096  # keys remembered as verified, per store
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _HASH = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("key_id", "tenant", "name", "created_at", "revoked_at", "sha256")
@@ -69,6 +70,10 @@ class KeyStore:
     def __init__(self, path: str | Path, entries: Sequence[KeyEntry] = ()) -> None:
         self.path = Path(path)
         self._by_id: dict[str, KeyEntry] = {e.key_id: e for e in entries}
+        # Keys already verified, so a client's next request costs one dict lookup. Only active
+        # keys of this store are kept (a client cannot fill it), in memory only, and it is
+        # emptied by any change to the store; a reload of the keys file makes a new store.
+        self._verified: dict[str, KeyEntry] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> KeyStore:
@@ -110,7 +115,11 @@ class KeyStore:
             os.close(fd)  # closing releases the lock
 
     def authenticate(self, presented: str) -> KeyEntry | None:
-        """The active key ``presented`` is, or None. One dict lookup and one SHA-256."""
+        """The active key ``presented`` is, or None. One dict lookup; the first time a key is
+        seen, one SHA-256 as well."""
+        known = self._verified.get(presented)
+        if known is not None:
+            return known
         key_id = _key_id_of(presented)
         if key_id is None:
             return None
@@ -118,9 +127,12 @@ class KeyStore:
         if entry is None:
             return None
         digest = hashlib.sha256(presented.encode("ascii")).hexdigest()
-        if not hmac.compare_digest(digest, entry.sha256):
+        if not hmac.compare_digest(digest, entry.sha256) or entry.revoked_at is not None:
             return None
-        return entry if entry.revoked_at is None else None
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[presented] = entry
+        return entry
 
     def create(
         self, tenant: str, name: str | None = None, now: datetime | None = None
@@ -145,6 +157,7 @@ class KeyStore:
             sha256=hashlib.sha256(key.encode("ascii")).hexdigest(),
         )
         self._by_id[key_id] = entry
+        self._verified.clear()
         return entry, key
 
     def revoke(self, key_id: str, now: datetime | None = None) -> KeyEntry:
@@ -155,6 +168,7 @@ class KeyStore:
         if entry.revoked_at is None:
             entry = replace(entry, revoked_at=_now(now))
             self._by_id[key_id] = entry
+            self._verified.clear()
         return entry
 
     def entries(self) -> tuple[KeyEntry, ...]:
