@@ -138,6 +138,7 @@ def test_field_text_cannot_forge_fields_or_lines(text, tenant):
     record = json.loads(line)
     assert set(record) <= FIELDS
     assert "?" not in record["path"] and len(record["path"]) <= 512
+    assert record["tenant"] == tenant[:128] and record["endpoint"] == text[:128]  # as given
 
 
 def test_client_prefix_truncates_both_families():

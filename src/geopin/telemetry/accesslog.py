@@ -27,6 +27,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from json.encoder import encode_basestring_ascii
 from typing import IO, Any
 
 ACCESS_LOGGER = "geopin.access"
@@ -142,18 +143,33 @@ class JsonFormatter(logging.Formatter):
 
     def format_access(self, fields: dict[str, Any]) -> str:
         """An access line: what ``format`` writes for a record of the access logger, and its
-        non-null fields."""
-        out: dict[str, Any] = {
-            "time": _now_iso(),
-            "level": "info",
-            "logger": ACCESS_LOGGER,
-            "message": "request",
-            "pid": os.getpid(),
-        }
+        non-null fields. Written out directly (the keys are geopin's own, every value is
+        encoded as JSON): a third of what the encoder took for the whole object."""
+        parts = [_ACCESS_HEAD, _now_iso(), _ACCESS_PID, str(os.getpid())]
         for key, value in fields.items():
             if value is not None:
-                out[key] = value
-        return _LINE_ENCODER.encode(out)
+                parts.append(_ACCESS_KEYS[key])
+                parts.append(_json_scalar(value))
+        parts.append("}")
+        return "".join(parts)
+
+
+_ACCESS_HEAD = '{"time":"'
+_ACCESS_PID = f'","level":"info","logger":"{ACCESS_LOGGER}","message":"request","pid":'
+_ACCESS_KEYS = {key: f',"{key}":' for key in (
+    "decision_id", "trace_id", "method", "path", "action", "client_country", "client_network",
+    "endpoint", "processing_country", "status", "latency_ms", "bytes_in", "bytes_out", "tenant",
+    "failovers",
+)}  # fmt: skip
+
+
+def _json_scalar(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return encode_basestring_ascii(value)
+    if kind is int or kind is float:
+        return repr(value)
+    return _LINE_ENCODER.encode(value)
 
 
 class TextFormatter(logging.Formatter):
