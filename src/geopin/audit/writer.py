@@ -30,7 +30,7 @@ If the database cannot take records, ``record()`` and ``commit()`` raise ``Audit
 (the router answers 503: it fails closed), unless a spool is configured: then the records go to
 the spool and are replayed into the database, once, when it is back. Records already journaled
 are never dropped: the writer's thread tries them again every ``retry_interval_s``, and if the
-process ends first, the next start on the database recovers them.
+process ends first, the sequencer (in any process) recovers them from its journal.
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ class AuditWriter:
             if left:
                 log.warning(
                     "%d audit records could not be committed and stay in the journal %s: the "
-                    "next start on this database moves them in",
+                    "sequencer moves them in once the database takes records again",
                     left,
                     self._journal.directory,
                 )
@@ -309,7 +309,8 @@ class AuditWriter:
 
     @property
     def queue_depth(self) -> int:
-        """Records accepted by ``record()`` and not yet committed (safe from any thread)."""
+        """Records accepted (``record``, ``commit``, ``submit``) and not yet committed (safe
+        from any thread)."""
         return max(0, self._accepted - self._finished)
 
     def stats(self) -> WriterStats:
@@ -348,13 +349,11 @@ class AuditWriter:
     def _work_once(self) -> bool:
         """Commit one batch (waiting for one if none is queued); False once stopped."""
         retrying = self._failing is not None and bool(self._lingering)
+        waits = [self.retry_interval_s] if self._spool_backlog else []
+        if retrying:  # journaled records wait for their retry
+            waits.append(max(0.0, self._retry_at - time.monotonic()))
         try:
-            timeout = None
-            if self._spool_backlog:
-                timeout = self.retry_interval_s
-            if retrying:
-                timeout = min(timeout or 1e9, max(0.0, self._retry_at - time.monotonic()))
-            item = self._inbox.get(timeout=timeout)
+            item = self._inbox.get(timeout=min(waits) if waits else None)
         except queue.Empty:
             self._replay_spool()
             if not retrying:
