@@ -178,6 +178,32 @@ def test_snapshot_is_cached_until_something_changes() -> None:
     assert "b" in board.snapshot(6.0)
 
 
+def test_a_snapshot_may_lag_successes_by_max_age_s_but_never_a_breaker_change() -> None:
+    """What the router routes with: latency averages and counters moved by successes may be
+    up to ``max_age_s`` old; failures and breaker changes are in the next snapshot at once."""
+    board = HealthBoard(BreakerConfig(failure_threshold=2, cooldown_s=5.0, ewma_alpha=0.5))
+    board.observe_success("a", 0.100, 1.0)
+    first = board.snapshot(1.0, max_age_s=0.05)
+    board.observe_success("a", 0.300, 1.01)
+    assert board.snapshot(1.02, max_age_s=0.05) is first  # 20 ms old: it will do
+    later = board.snapshot(1.06, max_age_s=0.05)  # 60 ms old: built again
+    assert later is not first and later.of("a").latency_ewma_s == pytest.approx(0.200)
+    assert later.of("a").successes == 2
+    board.observe_success("a", 0.100, 1.07)
+    assert board.snapshot(1.07).of("a").successes == 3  # max_age_s 0: always exact
+
+    board.observe_failure("a", "HTTP 502", 1.08)
+    assert board.snapshot(1.08, max_age_s=10).of("a").consecutive_failures == 1
+    board.observe_failure("a", "HTTP 502", 1.09)
+    opened = board.snapshot(1.09, max_age_s=10)
+    assert opened.of("a").state is BreakerState.OPEN
+    assert board.snapshot(6.09, max_age_s=10).of("a").state is BreakerState.HALF_OPEN
+    assert board.acquire("a", 6.1)
+    assert board.snapshot(6.1, max_age_s=10).of("a").state is BreakerState.HALF_OPEN
+    board.observe_success("a", 0.1, 6.1)  # the trial closes the breaker: seen at once
+    assert board.snapshot(6.1, max_age_s=10).of("a").state is BreakerState.CLOSED
+
+
 def test_forget_drops_endpoints_outside_the_catalogue() -> None:
     board = HealthBoard()
     for endpoint_id in ("a", "b", "c"):

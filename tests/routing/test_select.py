@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopin.routing.health import BreakerState, EndpointHealth, HealthSnapshot
-from geopin.routing.select import DEFAULT_BAND, LatencyBand, home, order
+from geopin.routing.select import DEFAULT_BAND, LatencyBand, OrderMemo, home, order
 
 from .conftest import make_decision, make_endpoint, make_snapshot
 
@@ -212,3 +212,19 @@ def test_home_spreads_tenants_by_weight_and_keeps_each() -> None:
     homes = Counter(home([(a, 0), (b, 0)], k).id for k in _AFFINITIES)
     assert 0.68 < homes["a"] / len(_AFFINITIES) < 0.82
     assert all(home([(b, 0), (a, 0)], k) is home([(a, 0), (b, 0)], k) for k in _AFFINITIES[:50])
+
+
+def test_the_memo_orders_as_order_does_once_per_snapshot_decision_and_affinity() -> None:
+    eps = [make_endpoint(i) for i in ("a", "b", "c")]
+    decision, other = make_decision(eps), make_decision(eps[:2], ranks=[1, 0])
+    health = make_snapshot(a=0.1, b=0.1, c=0.5)
+    memo = OrderMemo()
+    for affinity in _AFFINITIES[:40]:
+        for d in (decision, other):
+            assert memo.order(d, health, affinity) == order(d, health, affinity)
+    first = memo.order(decision, health, b"k")
+    assert memo.order(decision, health, b"k") is first  # remembered
+    assert memo.order(decision, make_snapshot(a="open"), b"k") == order(
+        decision, make_snapshot(a="open"), b"k"
+    )  # a new snapshot: ordered afresh
+    assert "a" not in _ids(memo.order(decision, make_snapshot(a="open"), b"k"))

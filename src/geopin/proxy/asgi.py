@@ -56,7 +56,7 @@ from geopin.proxy.request import (
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.target import request_path, request_query, shown_path
 from geopin.proxy.upstream import API_OF_KIND, ClientCall
-from geopin.routing.select import home, order
+from geopin.routing.select import home
 from geopin.telemetry.accesslog import access_log, access_log_enabled, client_prefix
 from geopin.telemetry.tracing import NO_TRACE
 
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 _CLIENT_CLOSED = 499  # the status logged for a client that went away before its answer
 _METHODS = ("GET", "POST", "DELETE")  # what the model APIs use, on objects and models
+# How old the latency averages a request is routed by may be (breaker changes count at once).
+_LATENCY_LAG_S = 0.05
 
 
 class ProxyApp:
@@ -332,8 +334,9 @@ class ProxyApp:
             chosen = home(speaking, (tenant or "").encode())
             return () if chosen is None else (chosen,)
         runtime = self.runtime
-        health = runtime.last_health = runtime.health.snapshot(time.monotonic())
-        ordered = order(decision, health, affinity_key(tenant, ip))
+        health = runtime.health.snapshot(time.monotonic(), max_age_s=_LATENCY_LAG_S)
+        runtime.last_health = health
+        ordered = runtime.orders.order(decision, health, affinity_key(tenant, ip))
         return tuple(e for e in ordered if API_OF_KIND[e.kind] == api)
 
     def _pin_refused(

@@ -24,6 +24,7 @@ from geopin.proxy.objects import ObjectHomes
 from geopin.proxy.upstream import Route, prepare_route
 from geopin.proxy.watch import HeadWatch
 from geopin.routing.health import HealthBoard, HealthSnapshot
+from geopin.routing.select import OrderMemo
 from geopin.telemetry.providers import Telemetry
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ class Runtime:
     # The health snapshot the last request was routed with, for the breaker gauge: the metrics
     # exporter's thread reads this immutable value and never calls the board itself.
     last_health: HealthSnapshot | None = None
+    orders: OrderMemo = field(default_factory=OrderMemo)  # routing's order, per snapshot
     in_flight: int = 0  # proxied requests (streams included) not yet answered to the end
     head_watch: HeadWatch = field(default_factory=HeadWatch)  # attempts awaiting an answer
     objects: ObjectHomes = field(default_factory=ObjectHomes)  # where made objects live

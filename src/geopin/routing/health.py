@@ -170,12 +170,15 @@ class HealthBoard:
         self._snapshot: HealthSnapshot | None = None
         # The earliest time an open breaker turns half-open: the cached snapshot is stale then.
         self._next_transition = float("inf")
+        # Successes since the cached snapshot that changed only counters and latency averages.
+        self._drifted = False
 
     # -- observations -------------------------------------------------------------------------
 
     def observe_success(self, endpoint_id: str, latency_s: float, now: float) -> None:
         """A request to the endpoint succeeded; ``latency_s`` is its time to response headers."""
         ep = self._get(endpoint_id)
+        state = ep.state
         ep.successes += 1
         ep.consecutive = 0
         alpha = self.config.ewma_alpha
@@ -184,7 +187,11 @@ class HealthBoard:
         )
         self._count(ep, now, ok=True)
         self._succeeded(ep, now)
-        self._changed(ep)
+        if ep.state is state:  # counters and the average only: see snapshot(max_age_s=)
+            ep.view = None
+            self._drifted = True
+        else:
+            self._changed(ep)
 
     def observe_failure(self, endpoint_id: str, reason: str, now: float) -> None:
         """A request to the endpoint failed (connect error, timeout, 5xx) before any byte."""
@@ -246,10 +253,19 @@ class HealthBoard:
 
     # -- views --------------------------------------------------------------------------------
 
-    def snapshot(self, now: float) -> HealthSnapshot:
-        """The board as of ``now``. Cached between changes, so cheap enough for every request."""
+    def snapshot(self, now: float, *, max_age_s: float = 0.0) -> HealthSnapshot:
+        """The board as of ``now``. Cached between changes, so cheap enough for every request.
+
+        ``max_age_s``: a cached snapshot up to this old will do although successes have since
+        moved counters and latency averages (every breaker change, every failure and every
+        probe is in it at once): the router routes with one, rather than building a snapshot
+        for each request when every success changes an average."""
         snap = self._snapshot
-        if snap is not None and now < self._next_transition and now >= snap.at:
+        if (
+            snap is not None
+            and snap.at <= now < self._next_transition
+            and (not self._drifted or now - snap.at <= max_age_s)
+        ):
             return snap
         entries = {}
         next_transition = float("inf")
@@ -267,6 +283,7 @@ class HealthBoard:
         snap = HealthSnapshot(entries, at=now)
         self._snapshot = snap
         self._next_transition = next_transition
+        self._drifted = False
         return snap
 
     def forget(self, keep: Iterable[str]) -> None:

@@ -76,6 +76,29 @@ def order(
     return tuple(result)
 
 
+class OrderMemo:
+    """``order``'s results for one health snapshot: the requests with the same decision (the
+    policy engine's memoised object) and affinity between two snapshots are ordered once.
+    Sound because ``order`` is pure in its arguments and both are immutable."""
+
+    def __init__(self) -> None:
+        self._health: HealthSnapshot | None = None
+        self._orders: dict[tuple[int, bytes], tuple[Decision, tuple[Endpoint, ...]]] = {}
+
+    def order(
+        self, decision: Decision, health: HealthSnapshot, affinity: bytes
+    ) -> tuple[Endpoint, ...]:
+        if health is not self._health:
+            self._health, self._orders = health, {}
+        key = (id(decision), affinity)
+        found = self._orders.get(key)
+        if found is not None and found[0] is decision:  # held here: its id is not reused
+            return found[1]
+        ordered = order(decision, health, affinity)
+        self._orders[key] = (decision, ordered)
+        return ordered
+
+
 def home(ranked: Iterable[tuple[Endpoint, int]], affinity: bytes) -> Endpoint | None:
     """The one endpoint for calls that name no model (uploads, batches, stored responses):
     of the (endpoint, rank) pairs of the best rank, the highest weighted rendezvous score for
