@@ -266,7 +266,8 @@ def bench_latency(args) -> None:
     where = "PostgreSQL" if args.pg else f"SQLite {args.sync}"
     core = f"core {args.cpu}" if args.cpu is not None else "any core"
     print(
-        f"A decision record's commit at concurrency 1 ({where}, sequencer running, {core}, "
+        f"A decision record kept as the router keeps it (on SQLite NORMAL: appended to the "
+        f"journal), concurrency 1 ({where}, sequencer running, {core}, "
         f"{len(samples)} decisions each followed by its outcome): p50 {pct(0.5)} ms, "
         f"p90 {pct(0.9)} ms, p99 {pct(0.99)} ms, p99.9 {pct(0.999)} ms, "
         f"max {samples[-1] * 1e3:.3f} ms"
