@@ -395,6 +395,35 @@ def test_data_class_only_restricts(tmp_path, upstreams, monkeypatch):
         router.stop()
 
 
+def test_a_body_naming_its_model_twice_is_refused_and_reaches_no_upstream(
+    router: Router, upstreams
+):
+    """The policy decides on one model; an upstream that reads the other one would run a
+    model nobody decided on. Either way round, and in a form, the request stops at geopin."""
+    headers = router.headers(country="SE") | {"content-type": "application/json"}
+    url = router.url + "/v1/chat/completions"
+    for raw in (
+        b'{"model": "gpt-4o", "messages": [], "model": "gpt-4o-mini"}',
+        b'{"model": "gpt-4o-mini", "messages": [], "mod\\u0065l": "gpt-4o"}',
+    ):
+        refused = httpx.post(url, content=raw, headers=headers)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("duplicate_key", "model")
+        assert "x-geopin-decision-id" in refused.headers
+    form = router.headers(country="SE")
+    twice = httpx.post(
+        router.url + "/v1/audio/transcriptions",
+        data={"model": ["whisper-1", "gpt-4o-transcribe"]},
+        files={"file": ("a.wav", b"RIFF")},
+        headers=form,
+    )
+    assert twice.status_code == 400 and twice.json()["error"]["code"] == "invalid_form"
+    assert "more than one 'model' field" in twice.json()["error"]["message"]
+    assert [requests_seen(m) for m in upstreams.values()] == [0, 0, 0]
+    assert router.post(headers=router.headers(country="SE")).status_code == 200
+
+
 def test_models_lists_only_what_this_client_may_reach(router: Router):
     models = httpx.get(router.url + "/v1/models", headers=router.headers(country="SE")).json()
     assert [m["id"] for m in models["data"]] == ["gpt-4o"]

@@ -103,3 +103,13 @@ def test_whatever_the_form_holds_only_the_model_changes(model, other, files, ups
     before = _parsed(kind, body)
     after = _parsed(kind, found.replaced(body, upstream))
     assert after == {**before, "model": upstream.encode()}
+
+
+def test_a_second_model_field_is_refused_wherever_it_is():
+    """Parsers differ on which of two fields counts, so geopin takes neither."""
+    kind, body = _encoded({"model": "whisper-1", "language": "de"}, {"file": b"RIFF" * 100})
+    twice = body.replace(b'name="language"\r\n\r\nde', b'name="model"\r\n\r\nwhisper-large')
+    assert twice != body
+    with pytest.raises(FormError, match="more than one 'model' field"):
+        form_model(kind, twice)
+    assert form_model(kind, body).model == "whisper-1"

@@ -44,15 +44,19 @@ def is_multipart(content_type: bytes) -> bool:
 
 
 def form_model(content_type: bytes, body: bytes) -> FormModel:
-    """The model field of ``body``; FormError says precisely what is wrong when there is none."""
+    """The model field of ``body``; FormError says precisely what is wrong when there is none,
+    or more than one (every part is read to know)."""
     found = _BOUNDARY.search(content_type)
     if found is None:
         raise FormError("a multipart/form-data body needs a boundary in its Content-Type")
     delimiter = b"--" + (found.group(1) or found.group(2))
     position = _first_part(body, delimiter)
+    model: FormModel | None = None
     while True:
         if body.startswith(b"--", position):
-            raise NoModelField("the multipart form has no 'model' field")
+            if model is None:
+                raise NoModelField("the multipart form has no 'model' field")
+            return model
         if not body.startswith(b"\r\n", position):
             raise FormError("a multipart delimiter is not followed by a line break")
         head_end = body.find(b"\r\n\r\n", position + 2)
@@ -64,7 +68,9 @@ def form_model(content_type: bytes, body: bytes) -> FormModel:
             raise FormError("the multipart form is not closed by its boundary")
         name = _field_name(body[position + 2 : head_end])
         if name == b"model":
-            return FormModel(_model_text(body[content:end]), content, end)
+            if model is not None:  # parsers differ on which one counts: refused, as in JSON
+                raise FormError("the multipart form has more than one 'model' field")
+            model = FormModel(_model_text(body[content:end]), content, end)
         position = end + 2 + len(delimiter)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 from geopin.keys import presented_key
 from geopin.proxy import refusal
 from geopin.proxy.form import FormError, FormModel, NoModelField, form_model, is_multipart
+from geopin.proxy.jsonbody import DuplicateKey, parse_json
 from geopin.proxy.objects import ObjectHomes
 from geopin.proxy.refusal import ErrorResponse
 from geopin.proxy.state import RuntimeState
@@ -190,7 +190,11 @@ def parse_call(
     if kind is not None and is_multipart(kind):
         return _parse_form(method, operation, deployment, query, raw, kind, needs_model, api)
     try:
-        body = json.loads(raw)
+        body = parse_json(raw)
+    except DuplicateKey as exc:  # which one an upstream would read is anybody's guess
+        return None, refusal.bad_request(
+            f"the request body names {exc.key!r} more than once", "duplicate_key", param=exc.key
+        )
     except ValueError as exc:
         if optional:
             return _unnamed(api, method, operation, query, raw), None
