@@ -60,11 +60,15 @@ def test_a_key_named_twice_at_the_top_level_is_refused(raw, key):
 
 def test_other_keys_and_deeper_objects_are_read_as_json_loads_reads_them():
     """geopin decides on nothing else the body holds: the upstream's parser is the judge."""
+    long = json.dumps("x" * 3000).encode()  # past the size that is searched before parsing
     for raw in (
         b'{"model": "a", "tools": [{"x": 1, "x": 2}], "meta": {"model": 1, "model": 2}}',
         b'{"stream": true, "model": "a", "stream": false, "mod\\u0065": 1}',
+        b'{"model": "a", "input": ' + long + b', "meta": {"model": 1, "model": 2}}',
     ):
         assert parse_json(raw) == json.loads(raw)
+    with pytest.raises(DuplicateKey):
+        parse_json(b'{"model": "a", "input": ' + long + b', "model": "b"}')
 
 
 def test_encodings_and_errors_are_json_loads_own():
