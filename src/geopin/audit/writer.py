@@ -68,10 +68,10 @@ from geopin.errors import AuditError, AuditUnavailable
 
 log = logging.getLogger(__name__)
 
-# The third member: the future its caller awaits; None when nobody waits; JOURNALED when nobody
+# The third member: the future its caller awaits; None when nobody waits; _JOURNALED when nobody
 # waits and the record is in this process's journal (kept until committed, never dropped).
 _Item = tuple[str, bytes, Any]
-JOURNALED = object()
+_JOURNALED = object()
 _STOP = object()
 _WAKE = object()  # commit what is lingering
 _FINISH_CHECKPOINT = object()  # copy what the last WAL checkpoint left (see _checkpoint_wal)
@@ -227,7 +227,7 @@ class AuditWriter:
             if self._failing is not None and self.spool is None:
                 raise AuditUnavailable(f"the audit database is not taking records: {self._failing}")
             journal.append(body)
-            self._linger((record_id, body, JOURNALED))
+            self._linger((record_id, body, _JOURNALED))
             return
         future: asyncio.Future[None] = self._loop.create_future()  # type: ignore[union-attr]
         self._send((record_id, body, future))
@@ -261,7 +261,7 @@ class AuditWriter:
         except AuditError as exc:
             log.error("audit record %s not recorded: %s", record_id, exc)
             return
-        self._linger((record_id, body, JOURNALED))
+        self._linger((record_id, body, _JOURNALED))
 
     def _check_running(self) -> None:
         if not self._running or self._loop is None or self._thread is None:
@@ -397,7 +397,7 @@ class AuditWriter:
         except Exception as exc:  # every waiter hears about the failure
             error = exc if isinstance(exc, AuditError) else AuditError(f"audit write: {exc}")
         finally:
-            journaled = [item for item in batch if item[2] is JOURNALED]
+            journaled = [item for item in batch if item[2] is _JOURNALED]
             if error is None:
                 self._failing = None
                 if journaled and self._journal is not None:
@@ -408,7 +408,7 @@ class AuditWriter:
                 self._retry_at = time.monotonic() + self.retry_interval_s
                 if journaled:  # kept, in their order, for the retry
                     self._lingering.extendleft(reversed(journaled))
-                    batch = [item for item in batch if item[2] is not JOURNALED]
+                    batch = [item for item in batch if item[2] is not _JOURNALED]
             self._finished += len(batch)
             assert self._loop is not None
             try:
@@ -581,7 +581,7 @@ class AuditWriter:
 
 def _settle(batch: list[_Item], error: BaseException | None) -> None:
     for record_id, _, future in batch:
-        if future is JOURNALED:  # committed (a failed one was kept for the retry)
+        if future is _JOURNALED:  # committed (a failed one was kept for the retry)
             continue
         if future is None:  # submitted: nobody waits, so the failure is told here
             if error is not None:
