@@ -321,7 +321,8 @@ def test_an_object_made_through_one_worker_is_found_through_the_other(served, mo
             headers=headers,
             timeout=10,
         )
-        assert answer.status_code == 200 and answer.headers["x-geopin-endpoint"] == "eu-fr"
+        assert answer.status_code == 200, (answer.text, router.log()[-3000:])
+        assert answer.headers["x-geopin-endpoint"] == "eu-fr"
         made[answer.json()["id"]] = answer.headers["x-geopin-decision-id"]
     engine = create_audit_engine(router.db)
     count = sa.select(sa.func.count()).select_from(object_homes)
@@ -488,3 +489,22 @@ def test_a_killed_workers_journal_is_sequenced_by_the_workers_that_live(served, 
     router.process.send_signal(signal.SIGTERM)
     assert router.process.wait(40) == 0, router.log()
     assert list(journal_dir(router.db.removeprefix("sqlite:///")).iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_sigterm_while_a_replacement_worker_starts_exits_zero(served, mocks):
+    """A worker started to replace a dead one has not taken SIGTERM over for a second or so:
+    the signal passed on kills it, which is a clean stop (it served nothing), not a failure."""
+    router = served(mocks("eu-se").url, workers=2)
+    deadline = time.monotonic() + 30
+    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == 2, workers
+    time.sleep(11)  # older than the supervisor's early-death window: it starts another
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while "starting another" not in router.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    router.process.send_signal(signal.SIGTERM)
+    assert router.process.wait(40) == 0, router.log()
+    assert "stopped while starting" in router.log(), router.log()

@@ -176,8 +176,17 @@ def serve_workers(
         sock.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    clean = all(process.exitcode == 0 for process, _ in processes)
+    clean = all(_stopped_cleanly(process) for process, _ in processes)
     return 0 if clean and not failed else 1
+
+
+def _stopped_cleanly(process: Any) -> bool:
+    """Exit 0 after a drain, or killed by the SIGTERM passed on before it had taken the signal
+    over (a worker started moments before, to replace one that died): it had served nothing."""
+    if process.exitcode == -signal.SIGTERM:
+        log.info("worker %d stopped while starting, before it served anything", process.pid)
+        return True
+    return process.exitcode == 0
 
 
 def _signal(process: Any, sig: int) -> None:
