@@ -5,6 +5,7 @@ lost when the database refuses them or the process is killed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 
@@ -105,7 +106,7 @@ def test_full_synchronous_commits_before_returning_and_keeps_no_journal(tmp_path
 
 
 def test_while_the_inbox_refuses_records_they_wait_in_the_journal_and_requests_fail_closed(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, caplog
 ):
     """Another process holds the inbox's write lock: the records already journaled stay there
     and are retried, new decisions are refused (AuditUnavailable: the router answers 503) and
@@ -137,9 +138,15 @@ def test_while_the_inbox_refuses_records_they_wait_in_the_journal_and_requests_f
         await writer.close()
 
     try:
-        asyncio.run(main())
+        with caplog.at_level(logging.WARNING, logger="geopin.audit.writer"):
+            asyncio.run(main())
         assert _inbox_ids(engine) == [first[0], outcome[0], later[0]]
         assert waiting(_journal(engine)) == 0
+        # The failure is told once, with what was kept, and so is the recovery.
+        failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+        assert len(failed) == 1 and "kept in the journal" in failed[0], failed
+        assert "database is locked" in failed[0]
+        assert "takes records again" in caplog.text
     finally:
         engine.dispose()
 

@@ -399,11 +399,21 @@ class AuditWriter:
         finally:
             journaled = [item for item in batch if item[2] is _JOURNALED]
             if error is None:
+                if self._failing is not None:
+                    log.warning("the audit database takes records again")
                 self._failing = None
                 if journaled and self._journal is not None:
                     self._journal_done += len(journaled)
                     self._journal.committed(self._journal_done)
             else:
+                if self._failing is None:  # told once, not on every retry
+                    kept = (
+                        f" ({len(journaled)} kept in the journal, retried every "
+                        f"{self.retry_interval_s:g}s)"
+                        if journaled
+                        else ""
+                    )
+                    log.error("audit commit of %d records failed%s: %s", len(batch), kept, error)
                 self._failing = str(error)
                 self._retry_at = time.monotonic() + self.retry_interval_s
                 if journaled:  # kept, in their order, for the retry
