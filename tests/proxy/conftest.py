@@ -26,6 +26,7 @@ from geopin.audit.migrate import upgrade
 from geopin.audit.schema import records
 from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
+from geopin.proxy.turnwrite import HttpProtocol
 from geopin.settings import Settings
 from geopin.telemetry import Telemetry
 
@@ -177,7 +178,7 @@ def serve_app(app: GeopinApp, keys: dict[str, str]) -> Router:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="critical", access_log=False, http="httptools", proxy_headers=False
+        app, log_level="critical", access_log=False, http=HttpProtocol, proxy_headers=False
     )
     server = uvicorn.Server(config)
     loop = uvloop.new_event_loop()

@@ -28,6 +28,7 @@ from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
 from geopin.policy.decision import ProviderKind
 from geopin.policy.loader import load_policy
+from geopin.proxy.turnwrite import HttpProtocol
 from geopin.settings import Settings
 
 CDN_ADDRESS = "127.0.0.2"  # trusted as a CDN: its CF-IPCountry header locates the client
@@ -284,7 +285,7 @@ def demo(port: int, policy_dir: Path | None, data_dir: Path | None) -> None:
                     click.echo(call.render())
                 click.echo(audit_hint(Path(tmp)))
                 click.echo("Ctrl-C stops the demo.", nl=True)
-                config = uvicorn.Config(app, loop="uvloop", http="httptools", access_log=False,
+                config = uvicorn.Config(app, loop="uvloop", http=HttpProtocol, access_log=False,
                                         log_level="warning", proxy_headers=False)  # fmt: skip
                 uvicorn.Server(config).run(sockets=[sock])
         except GeopinError as exc:

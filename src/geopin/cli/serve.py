@@ -14,6 +14,7 @@ import click
 import uvicorn
 
 from geopin.errors import GeopinError, PolicyError
+from geopin.proxy.turnwrite import HttpProtocol
 from geopin.settings import Settings, listen_address, load_settings
 
 EXIT_INVALID = 2
@@ -67,7 +68,7 @@ def serve(
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HttpProtocol,  # httptools, a response's writes of one turn in one send
         "access_log": False,  # geopin's own access log replaces it
         "log_config": None,  # keep the handlers configure_logging installed
         "log_level": settings.log_level,
