@@ -125,6 +125,7 @@ class GeopinApp:
 
     async def shutdown(self) -> None:
         self.ready = False
+        self.runtime.later.run()  # the last responses' outcome records and access lines
         await self.reloader.close()
         if self.prober is not None:
             await self.prober.close()

@@ -345,7 +345,13 @@ def test_an_object_made_through_one_worker_is_found_through_the_other(served, mo
             assert answer.status_code == 200, answer.text
             assert answer.headers["x-geopin-endpoint"] == "eu-fr" and answer.json()["id"] == ident
             read[ident] = answer.headers["x-geopin-decision-id"]
-        pid = {line["decision_id"]: line["pid"] for line in router.access_lines()}
+        wanted = {*made.values(), *read.values()}
+        deadline = time.monotonic() + 10  # a line is written just after its answer
+        while True:
+            pid = {line["decision_id"]: line["pid"] for line in router.access_lines()}
+            if wanted <= pid.keys() or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         crossed = [ident for ident in made if pid[made[ident]] != pid[read[ident]]]
         if crossed:
             break

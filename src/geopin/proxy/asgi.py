@@ -156,7 +156,8 @@ class ProxyApp:
         )
         if not access_log_enabled():
             return
-        access_log(
+        self.runtime.later.add(  # written in the router's next idle moment
+            access_log,
             method=method,
             path=path,
             status=status,

@@ -100,7 +100,9 @@ async def forward(
         sent = time.perf_counter()
         guard = runtime.head_watch.start(receive)
         try:
-            response = await runtime.client.send(build_request(route, call, sending))
+            response = await runtime.client.send(
+                build_request(route, call, sending), idle=runtime.later.run
+            )
         except asyncio.CancelledError:
             if not guard.tripped:
                 raise

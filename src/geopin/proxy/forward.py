@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -279,9 +280,14 @@ class UpstreamClient:
         self._closed = False
 
     async def send(
-        self, request: UpstreamRequest, *, read_timeout: float | None = None
+        self,
+        request: UpstreamRequest,
+        *,
+        read_timeout: float | None = None,
+        idle: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
-        """Send ``request`` and wait for the response head."""
+        """Send ``request`` and wait for the response head. ``idle``: called once the request
+        is written, before the wait (the caller's other work, done while the upstream works)."""
         if self._closed:
             raise UpstreamConnectError("the upstream client is closed")
         timeout = read_timeout if read_timeout is not None else self.read_timeout
@@ -289,6 +295,8 @@ class UpstreamClient:
         conn = self._checkout(request.origin)
         if conn is not None:
             conn.send(head, request.body)
+            if idle is not None:
+                idle()
             try:
                 await conn.head(timeout)
                 return UpstreamResponse(conn, self, timeout)
@@ -303,6 +311,8 @@ class UpstreamClient:
                 raise
         conn = await self._connect(request.origin)
         conn.send(head, request.body)
+        if idle is not None:
+            idle()
         try:
             await conn.head(timeout)
         except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from geopin.audit.records import encode_outcome
 from geopin.errors import AuditError
@@ -65,28 +66,33 @@ def record_outcome(
     usage: Mapping[str, int] | None,
     error: str | None,
 ) -> None:
-    """Queue the outcome record of a routed request once its response has gone: it joins the
-    next audit commit, nobody waits for it. ``endpoint`` is the one that answered, None when
-    none did."""
+    """Queue the outcome record of a routed request once its response has gone: encoded and
+    handed to the audit writer in the router's next idle moment (``runtime.later``), it joins
+    the next audit commit; nobody waits for it. ``endpoint`` is the one that answered, None
+    when none did. Its latency is taken now."""
+    runtime.later.add(
+        _submit_outcome,
+        runtime=runtime,
+        decision_id=decision_id,
+        endpoint=endpoint,
+        attempts=attempts,
+        status=status,
+        latency_us=int((time.perf_counter() - started) * 1e6),
+        model=call.model,
+        tenant=exchange.tenant,
+        location=exchange.location,
+        policy_version=decision.policy_version,
+        bytes_in=len(call.raw_body),
+        bytes_out=bytes_out,
+        usage=usage,
+        error=error,
+        trace_id=exchange.trace_id,
+        object_id=exchange.object_id,
+    )
+
+
+def _submit_outcome(*, runtime: Runtime, decision_id: str, **fields: Any) -> None:
     try:
-        runtime.audit.submit(
-            *encode_outcome(
-                decision_id=decision_id,
-                endpoint=endpoint,
-                attempts=attempts,
-                status=status,
-                latency_us=int((time.perf_counter() - started) * 1e6),
-                model=call.model,
-                tenant=exchange.tenant,
-                location=exchange.location,
-                policy_version=decision.policy_version,
-                bytes_in=len(call.raw_body),
-                bytes_out=bytes_out,
-                usage=usage,
-                error=error,
-                trace_id=exchange.trace_id,
-                object_id=exchange.object_id,
-            )
-        )
+        runtime.audit.submit(*encode_outcome(decision_id=decision_id, **fields))
     except AuditError as exc:
         log.error("outcome of decision %s not recorded: %s", decision_id, exc)

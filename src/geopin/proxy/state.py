@@ -20,6 +20,7 @@ from geopin.keys import KeyStore
 from geopin.policy.decision import CredentialRef
 from geopin.policy.loader import load_policy, policy_files
 from geopin.proxy.forward import UpstreamClient
+from geopin.proxy.later import Later
 from geopin.proxy.objects import ObjectHomes
 from geopin.proxy.upstream import Route, prepare_route
 from geopin.proxy.watch import HeadWatch
@@ -169,6 +170,7 @@ class Runtime:
     in_flight: int = 0  # proxied requests (streams included) not yet answered to the end
     head_watch: HeadWatch = field(default_factory=HeadWatch)  # attempts awaiting an answer
     objects: ObjectHomes = field(default_factory=ObjectHomes)  # where made objects live
+    later: Later = field(default_factory=Later)  # outcome records, access lines: after
     draining: bool = False  # set on SIGTERM: new requests get 503, readiness goes false
     # When a decision record last failed to commit, None once one commits again: readiness is
     # false for a while after, so a balancer sends the work to a router whose trail is writing.

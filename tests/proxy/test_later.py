@@ -1,0 +1,135 @@
+"""Work a response leaves behind: done while a request waits for its upstream, after
+``max_delay_s`` at most, or at once with no event loop; a failure does not stop the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+
+import httpx
+
+from geopin.proxy.later import Later
+from geopin.telemetry.accesslog import configure_logging
+
+from .conftest import audit_records, endpoint_yaml, start_router, write_policy
+
+
+def test_work_runs_in_order_when_run_is_called_and_not_before():
+    done: list[int] = []
+
+    async def main() -> None:
+        later = Later(max_delay_s=10)
+        for n in (1, 2, 3):
+            later.add(_append, to=done, value=n)
+        await asyncio.sleep(0.01)
+        assert done == [] and len(later) == 3  # the timer is 10 s away
+        later.run()
+        assert done == [1, 2, 3] and len(later) == 0
+        later.run()  # nothing twice
+        assert done == [1, 2, 3]
+
+    asyncio.run(main())
+
+
+def _append(*, to: list[int], value: int) -> None:
+    to.append(value)
+
+
+def test_the_timer_runs_what_nobody_ran_within_max_delay():
+    done: list[float] = []
+
+    async def main() -> None:
+        later = Later(max_delay_s=0.02)
+        queued = time.monotonic()
+        later.add(lambda: done.append(time.monotonic() - queued))
+        later.add(lambda: done.append(time.monotonic() - queued))
+        deadline = time.monotonic() + 5
+        while len(done) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert len(done) == 2 and 0.015 <= done[0] < 2
+        # A new piece of work after a run arms a new timer.
+        later.add(lambda: done.append(-1.0))
+        await asyncio.sleep(0.1)
+        assert done[-1] == -1.0
+
+    asyncio.run(main())
+
+
+def test_run_cancels_the_timer():
+    calls: list[str] = []
+
+    async def main() -> None:
+        later = Later(max_delay_s=0.02)
+        later.add(lambda: calls.append("work"))
+        later.run()
+        await asyncio.sleep(0.06)
+        assert calls == ["work"]
+        assert later._timer is None
+
+    asyncio.run(main())
+
+
+def test_with_no_event_loop_the_work_is_done_at_once():
+    done: list[int] = []
+    Later().add(_append, to=done, value=7)
+    assert done == [7]
+
+
+def test_a_failing_piece_is_logged_and_the_rest_runs(caplog):
+    done: list[int] = []
+
+    def broken() -> None:
+        raise ValueError("broken on purpose")
+
+    async def main() -> None:
+        later = Later(max_delay_s=10)
+        later.add(broken)
+        later.add(_append, to=done, value=2)
+        with caplog.at_level(logging.ERROR, logger="geopin.proxy.later"):
+            later.run()
+
+    asyncio.run(main())
+    assert done == [2]
+    assert "work after a response failed: broken" in caplog.text
+    assert "broken on purpose" in caplog.text
+
+
+def test_a_responses_line_and_outcome_are_written_while_the_next_request_waits(tmp_path, mocks):
+    """End to end over real sockets: the first answer's access line and outcome record wait
+    (the timer is set far off) until the second request has gone upstream, and are written
+    while it waits there; the second's are written at shutdown."""
+    upstream = mocks("eu-se", latency_ms=400)
+    policy = write_policy(tmp_path / "policy", [endpoint_yaml("eu-se", upstream.url + "/v1", "SE")])
+    out = io.StringIO()
+    configure_logging("warning", stream=out)
+    router = start_router(tmp_path, policy, telemetry={"access_log_flush_s": 0})
+    try:
+        router.call(lambda: setattr(router.app.runtime.later, "max_delay_s", 60.0))
+        first = router.post(headers=router.headers(country="SE"))
+        assert first.status_code == 200
+        first_id = first.headers["x-geopin-decision-id"]
+        assert router.call(lambda: len(router.app.runtime.later)) == 2  # outcome, access line
+        assert first_id not in out.getvalue()
+
+        second: list[httpx.Response] = []
+        thread = threading.Thread(
+            target=lambda: second.append(router.post(headers=router.headers(country="SE")))
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while first_id not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert first_id in out.getvalue()
+        assert thread.is_alive(), "written only once the second request had its answer"
+        thread.join(30)
+        assert second and second[0].status_code == 200
+        second_id = second[0].headers["x-geopin-decision-id"]
+    finally:
+        router.stop()
+        configure_logging("info")
+    assert second_id in out.getvalue()  # written at shutdown
+    outcomes = {r["decision_id"] for r in audit_records(tmp_path) if r["kind"] == "outcome"}
+    assert outcomes == {first_id, second_id}
