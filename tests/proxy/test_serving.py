@@ -360,6 +360,19 @@ def test_an_object_made_through_one_worker_is_found_through_the_other(served, mo
     assert router.process.wait(40) == 0, router.log()
 
 
+def _two_workers(router: Served, *, past_early_death: bool = False) -> list[int]:
+    """The pids of the router's two workers once both run; ``past_early_death``: also wait
+    until they are older than the supervisor's early-death window, so that one that dies is
+    replaced rather than stopping the server."""
+    deadline = time.monotonic() + 30
+    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == 2, workers
+    if past_early_death:
+        time.sleep(11)
+    return workers
+
+
 def _worker_pids(supervisor: int) -> list[int]:
     """The supervisor's worker processes (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
@@ -384,10 +397,7 @@ def test_the_workers_of_a_killed_supervisor_drain_and_exit(served, mocks):
     """SIGKILL leaves nobody to pass SIGTERM on: the workers notice their parent is gone and
     drain as on SIGTERM, instead of serving on, unsupervised, on the port."""
     router = served(mocks("eu-se").url, workers=2)
-    deadline = time.monotonic() + 30
-    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(workers) == 2, workers
+    workers = _two_workers(router)
     answer = httpx.post(
         router.url + "/v1/chat/completions", json=chat_body(), headers=router.headers(), timeout=10
     )
@@ -441,11 +451,7 @@ def test_a_killed_workers_journal_is_sequenced_by_the_workers_that_live(served, 
     moved into the log by a living worker's sequencer, with nobody restarting anything by
     hand, and every answered request's decision is sequenced once."""
     router = served(mocks("eu-se").url, workers=2)
-    deadline = time.monotonic() + 30
-    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(workers) == 2, workers
-    time.sleep(11)  # older than the supervisor's early-death window: it starts another
+    workers = _two_workers(router, past_early_death=True)
     answered: list[str] = []
     stop = threading.Event()
 
@@ -502,11 +508,7 @@ def test_sigterm_while_a_replacement_worker_starts_exits_zero(served, mocks):
     """A worker started to replace a dead one has not taken SIGTERM over for a second or so:
     the signal passed on kills it, which is a clean stop (it served nothing), not a failure."""
     router = served(mocks("eu-se").url, workers=2)
-    deadline = time.monotonic() + 30
-    while len(workers := _worker_pids(router.process.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(workers) == 2, workers
-    time.sleep(11)  # older than the supervisor's early-death window: it starts another
+    workers = _two_workers(router, past_early_death=True)
     os.kill(workers[0], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while "starting another" not in router.log() and time.monotonic() < deadline:
