@@ -14,7 +14,14 @@ import httpx
 from geopin.proxy.later import Later
 from geopin.telemetry.accesslog import configure_logging
 
-from .conftest import audit_records, endpoint_yaml, start_router, write_policy
+from .conftest import (
+    audit_records,
+    chat_body,
+    endpoint_yaml,
+    requests_seen,
+    start_router,
+    write_policy,
+)
 
 
 def test_work_runs_in_order_when_run_is_called_and_not_before():
@@ -68,6 +75,21 @@ def test_run_cancels_the_timer():
         await asyncio.sleep(0.06)
         assert calls == ["work"]
         assert later._timer is None
+
+    asyncio.run(main())
+
+
+def test_run_soon_runs_the_queue_after_what_the_turn_scheduled_before():
+    order: list[str] = []
+
+    async def main() -> None:
+        later = Later(max_delay_s=10)
+        later.add(lambda: order.append("work"))
+        asyncio.get_running_loop().call_soon(lambda: order.append("held write sent"))
+        later.run_soon()
+        assert order == []
+        await asyncio.sleep(0)
+        assert order == ["held write sent", "work"] and len(later) == 0
 
     asyncio.run(main())
 
@@ -133,3 +155,57 @@ def test_a_responses_line_and_outcome_are_written_while_the_next_request_waits(t
     assert second_id in out.getvalue()  # written at shutdown
     outcomes = {r["decision_id"] for r in audit_records(tmp_path) if r["kind"] == "outcome"}
     assert outcomes == {first_id, second_id}
+
+
+def test_before_a_streamed_call_the_work_waits_for_its_first_event(tmp_path, mocks):
+    """End to end: a streamed call does not do what the previous answer left while it waits
+    for its head (400 ms here), but once its first event has reached the client, while the
+    rest of the stream is still coming."""
+    upstream = mocks("eu-se", latency_ms=400, stream_chunks=6, chunk_delay_ms=200)
+    policy = write_policy(tmp_path / "policy", [endpoint_yaml("eu-se", upstream.url + "/v1", "SE")])
+    out = io.StringIO()
+    configure_logging("warning", stream=out)
+    router = start_router(tmp_path, policy, telemetry={"access_log_flush_s": 0})
+    try:
+        router.call(lambda: setattr(router.app.runtime.later, "max_delay_s", 60.0))
+        first = router.post(headers=router.headers(country="SE"))
+        assert first.status_code == 200
+        first_id = first.headers["x-geopin-decision-id"]
+        assert router.call(lambda: len(router.app.runtime.later)) == 2
+
+        first_event_at: list[float] = []
+        ended: list[bytes] = []
+
+        def stream() -> None:
+            with httpx.stream(
+                "POST",
+                router.url + "/v1/chat/completions",
+                json=chat_body(stream=True),
+                headers=router.headers(country="SE"),
+                timeout=30,
+            ) as response:
+                chunks = response.iter_raw()
+                head = next(chunks)
+                first_event_at.append(time.monotonic())
+                ended.append(head + b"".join(chunks))
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while requests_seen(upstream) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert requests_seen(upstream) == 2  # the streamed call waits upstream now
+        time.sleep(0.15)
+        assert not first_event_at
+        assert first_id not in out.getvalue(), "written while the stream waited for its head"
+        while first_id not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        written_at = time.monotonic()
+        assert first_id in out.getvalue()
+        assert first_event_at and first_event_at[0] <= written_at
+        assert not ended, "written only once the stream had ended"
+        thread.join(30)
+        assert ended and ended[0].rstrip().endswith(b"data: [DONE]")
+    finally:
+        router.stop()
+        configure_logging("info")

@@ -24,6 +24,7 @@ from geopin.proxy.forward import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from geopin.proxy.later import Later
 from geopin.proxy.outcome import observe_usage, record_outcome
 from geopin.proxy.refusal import COUNTRY_HEADER, DECISION_HEADER, ENDPOINT_HEADER, ErrorResponse
 from geopin.proxy.request import ClientGone
@@ -71,6 +72,9 @@ async def forward(
     board = runtime.health
     trace = exchange.trace
     forwarded = forwardable_headers(headers)
+    # What earlier responses left to do runs while this request waits for its answer's head;
+    # for a streamed call, once its first event has gone (``runtime.later``).
+    idle = None if call.streamed else runtime.later.run
     tried: list[str] = []
     timeouts = 0
     failure = "no compliant endpoint is available now"
@@ -100,9 +104,7 @@ async def forward(
         sent = time.perf_counter()
         guard = runtime.head_watch.start(receive)
         try:
-            response = await runtime.client.send(
-                build_request(route, call, sending), idle=runtime.later.run
-            )
+            response = await runtime.client.send(build_request(route, call, sending), idle=idle)
         except asyncio.CancelledError:
             if not guard.tripped:
                 raise
@@ -151,7 +153,9 @@ async def forward(
             failovers=len(tried) - 1,
             provider=provider,
         )
-        tap, error = await _relay(response, endpoint, decision_id, receive, send, metrics, started)
+        tap, error = await _relay(
+            response, endpoint, decision_id, receive, send, metrics, started, runtime.later
+        )
         exchange.bytes_out = tap.bytes_out
         stored = isinstance(call.body, dict) and call.body.get("store") is True
         usage, made = tap.read(stored_completion=stored)
@@ -206,8 +210,10 @@ async def _relay(
     send: Any,
     metrics: Metrics,
     started: float,
+    later: Later,
 ) -> tuple[UsageTap, str | None]:
-    """Send the response head and stream the body through, chunk by chunk."""
+    """Send the response head and stream the body through, chunk by chunk. Once a stream's
+    first bytes have gone, ``later``'s queue runs (the wait for the next event is idle)."""
     named: set[bytes] = set()
     content_type = b""
     length: int | None = None
@@ -242,6 +248,7 @@ async def _relay(
                 metrics.time_to_first_byte(
                     endpoint=endpoint.id, seconds=time.perf_counter() - started
                 )
+                later.run_soon()
             tap.feed(chunk)
         await send({"type": "http.response.body", "body": b""})
         return tap, None

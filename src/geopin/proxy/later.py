@@ -7,7 +7,10 @@ ends (an agent's loop, a stream followed by the next call) waited for it before 
 even read its request. So that work is queued here, and done
 
 - while a request waits for its upstream's answer (``run`` is called once the request is
-  written upstream: the router has nothing else to do for it until the head arrives), or
+  written upstream: the router has nothing else to do for it until the head arrives), but
+  for a streamed call (``"stream": true``) once its first event has gone (``run_soon``): a
+  stream's client waits for that event, and the work a stream leaves runs slowest, after the
+  router idled between the stream's events (it took longer than the head's wait), or
 - ``max_delay_s`` later at most (a timer), or
 - at shutdown, before the audit writer closes.
 
@@ -52,6 +55,12 @@ class Later:
     def _due(self) -> None:
         self._timer = None
         self.run()
+
+    def run_soon(self) -> None:
+        """Run the queue in the event loop's next turn, after what this turn wrote has left
+        (``turnwrite`` sends a held write at the end of the turn)."""
+        if self._work:
+            asyncio.get_running_loop().call_soon(self.run)
 
     def run(self) -> None:
         """Do everything queued, oldest first."""

@@ -108,6 +108,11 @@ class ClientCall:
     api_version: str | None = None  # the client's Azure api-version
     form: FormModel | None = None  # a multipart body's model field (then ``body`` is None)
 
+    @property
+    def streamed(self) -> bool:
+        """Does the call ask for its answer as a stream of events (``"stream": true``)?"""
+        return isinstance(self.body, dict) and self.body.get("stream") is True
+
 
 def prepare_route(
     endpoint: Endpoint, url: str | None = None, credentials: CredentialRef | None = None
