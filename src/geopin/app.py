@@ -240,7 +240,8 @@ def build_app(
 
 def _watch(runtime: Runtime, sequencer: Sequencer | None) -> None:
     """Gauges read on collection: breakers from the last snapshot a request was routed
-    with (the exporter's thread never calls the board), the audit queue and lag."""
+    with (the exporter's thread never calls the board), the audit queue and lag, the objects
+    known and what the shared object table did."""
     metrics = runtime.telemetry.metrics
     if not metrics.enabled:
         return
@@ -252,6 +253,9 @@ def _watch(runtime: Runtime, sequencer: Sequencer | None) -> None:
     if sequencer is not None:
         sequencer.on_checkpoint = lambda ok: metrics.checkpoint(ok=ok)
         metrics.watch_audit(sequencing_lag=sequencer.sequencing_lag_s)
+    objects = runtime.objects
+    table = objects.table
+    metrics.watch_objects(objects.__len__, None if table is None else table.stats)
 
 
 def app_from_environment() -> GeopinApp:

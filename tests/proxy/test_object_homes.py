@@ -127,7 +127,9 @@ def _kept(router: Router, count: int) -> None:
 
 
 def test_another_router_of_the_same_database_finds_the_object(router, tmp_path, upstreams):
-    other = start_router(tmp_path, tmp_path / "policy", tenants=("t1", "t2"))
+    other = start_router(
+        tmp_path, tmp_path / "policy", tenants=("t1", "t2"), telemetry={"prometheus": True}
+    )
     try:
         ident = _made_at_fr(router, router.headers(country="DE"))
         _kept(router, 1)
@@ -147,7 +149,12 @@ def test_another_router_of_the_same_database_finds_the_object(router, tmp_path, 
         assert made["remembered"] == 1 and made["table"]["written"] == 1
         looked = other.admin("GET", "/_geopin/objects").json()["table"]
         assert looked["found"] == 1 and looked["lookups"] == 2  # t1's read, then t2's miss
-        assert looked["failed"] == 0 and looked["paused"] is False
+        assert looked["not_found"] == 1 and looked["failed"] == 0 and looked["paused"] is False
+        scrape = other.admin("GET", "/_geopin/metrics").text.splitlines()  # the same, as metrics
+        assert 'geopin_objects_lookups_total{result="found"} 1' in scrape
+        assert 'geopin_objects_lookups_total{result="not_found"} 1' in scrape
+        assert 'geopin_objects_lookups_total{result="failed"} 0' in scrape
+        assert "geopin_objects_known 1" in scrape
     finally:
         other.stop()
 

@@ -187,6 +187,21 @@ def test_a_failing_source_does_not_break_collection(captured):
     assert [p.value for p in captured.points("geopin.failovers")] == [1]
 
 
+def test_objects_known_and_the_object_tables_counts(captured):
+    metrics = captured.telemetry.metrics
+    metrics.watch_objects(lambda: 3)  # no shared table: only what this process knows
+    assert [p.value for p in captured.points("geopin.objects.known")] == [3]
+    assert captured.points("geopin.objects.lookups") == []
+    stats = {"found": 2, "not_found": 1, "failed": 0, "written": 4, "dropped": 1}
+    metrics.watch_objects(lambda: 5, lambda: stats)
+    lookups = {p.attributes["result"]: p.value for p in captured.points("geopin.objects.lookups")}
+    assert lookups == {"found": 2, "not_found": 1, "failed": 0}
+    writes = {p.attributes["result"]: p.value for p in captured.points("geopin.objects.writes")}
+    assert writes == {"written": 4, "dropped": 1}
+    metrics.watch_objects(lambda: 5, lambda: {})  # a source that breaks: nothing, no error
+    assert captured.points("geopin.objects.writes") == []
+
+
 def test_audit_commits_from_another_thread(captured):
     metrics = captured.telemetry.metrics
     threads = [

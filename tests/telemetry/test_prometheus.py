@@ -72,6 +72,8 @@ def _exercise(telemetry: Telemetry) -> None:
     )
     metrics.watch_breakers(lambda: {"eu-1": "open", "eu-2": "closed"})
     metrics.watch_audit(queue_depth=lambda: 4, sequencing_lag=lambda: 0.75)
+    table = {"found": 5, "not_found": 2, "failed": 1, "written": 9, "dropped": 0, "queued": 3}
+    metrics.watch_objects(lambda: 12, lambda: table)
 
 
 def _families(text: str):
@@ -100,6 +102,19 @@ def test_rendering_parses_with_the_prometheus_parser():
     assert families["geopin_audit_queue_depth"].samples[0].value == 4
     assert families["geopin_audit_sequencing_lag_seconds"].samples[0].value == 0.75
     assert "geopin_upstream_errors" in families and "geopin_failovers" in families
+    assert families["geopin_objects_known"].samples[0].value == 12
+    lookups = families["geopin_objects_lookups"]
+    assert lookups.type == "counter"
+    assert {s.labels["result"]: s.value for s in lookups.samples if s.name.endswith("_total")} == {
+        "found": 5,
+        "not_found": 2,
+        "failed": 1,
+    }
+    writes = families["geopin_objects_writes"]
+    assert {s.labels["result"]: s.value for s in writes.samples if s.name.endswith("_total")} == {
+        "written": 9,
+        "dropped": 0,
+    }
     telemetry.shutdown()
 
 

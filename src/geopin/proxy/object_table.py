@@ -79,6 +79,7 @@ class ObjectTable:
         self.dropped = 0  # rows that could not be written
         self.lookups = 0  # lookups asked of the database
         self.found = 0  # ...that found an object
+        self.not_found = 0  # ...that found none of the objects named
         self.failed = 0  # ...that failed or timed out
 
     def start(self) -> None:
@@ -124,7 +125,10 @@ class ObjectTable:
             why = str(exc) or f"no answer within {self.timeout_s} s"
             self._warn("lookup", f"looking up where objects were made failed: {why}")
             return None
-        self.found += found is not None
+        if found is None:
+            self.not_found += 1
+        else:
+            self.found += 1
         return found
 
     def stats(self) -> dict[str, int | bool]:
@@ -135,6 +139,7 @@ class ObjectTable:
             "dropped": self.dropped,
             "lookups": self.lookups,
             "found": self.found,
+            "not_found": self.not_found,
             "failed": self.failed,
             "paused": time.monotonic() < self._paused_until,
         }

@@ -88,6 +88,8 @@ class Metrics:
         self._breakers: Callable[[], Mapping[str, Any]] | None = None
         self._queue_depth: Callable[[], int | None] | None = None
         self._sequencing_lag: Callable[[], float | None] | None = None
+        self._objects_known: Callable[[], int] | None = None
+        self._object_table: Callable[[], Mapping[str, Any]] | None = None
         self.aggregates: Aggregates | None = None
         if meter is None:
             return
@@ -202,6 +204,24 @@ class Metrics:
             unit="s",
             description="Age of the oldest committed record not yet in the Merkle log.",
         )
+        meter.create_observable_gauge(
+            "geopin.objects.known",
+            callbacks=[self._observe_objects_known],
+            unit="{object}",
+            description="Upstream objects (files, stored responses) whose endpoint is known here.",
+        )
+        meter.create_observable_counter(
+            "geopin.objects.lookups",
+            callbacks=[self._observe_object_lookups],
+            unit="{lookup}",
+            description="Lookups in the shared object table for objects this process did not know.",
+        )
+        meter.create_observable_counter(
+            "geopin.objects.writes",
+            callbacks=[self._observe_object_writes],
+            unit="{row}",
+            description="Rows written to the shared object table, or dropped (not writable).",
+        )
 
     # -- the request path ------------------------------------------------------------------
 
@@ -315,6 +335,16 @@ class Metrics:
         if sequencing_lag is not None:
             self._sequencing_lag = sequencing_lag
 
+    def watch_objects(
+        self,
+        known: Callable[[], int],
+        table: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Report how many objects' endpoints this process knows (``known()``) and what the
+        shared object table did (``table()``: ``ObjectTable.stats``), read on collection."""
+        self._objects_known = known
+        self._object_table = table
+
     def _observe_breakers(self, options: CallbackOptions) -> Iterable[Observation]:
         source = self._breakers
         if source is None:
@@ -336,6 +366,26 @@ class Metrics:
 
     def _observe_sequencing_lag(self, options: CallbackOptions) -> Iterable[Observation]:
         return _observe(self._sequencing_lag, "sequencing lag")
+
+    def _observe_objects_known(self, options: CallbackOptions) -> Iterable[Observation]:
+        return _observe(self._objects_known, "objects known")
+
+    def _observe_object_lookups(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._observe_table(("found", "not_found", "failed"))
+
+    def _observe_object_writes(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._observe_table(("written", "dropped"))
+
+    def _observe_table(self, results: tuple[str, ...]) -> list[Observation]:
+        source = self._object_table
+        if source is None:
+            return []
+        try:
+            stats = source()
+            return [Observation(int(stats[r]), {"result": r}) for r in results]
+        except Exception:
+            log.debug("object table source failed", exc_info=True)
+            return []
 
 
 def _observe(source: Callable[[], float | int | None] | None, what: str) -> list[Observation]:
