@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import threading
 import time
@@ -209,3 +210,37 @@ def test_before_a_streamed_call_the_work_waits_for_its_first_event(tmp_path, moc
     finally:
         router.stop()
         configure_logging("info")
+
+
+def test_where_an_answers_object_lives_is_known_at_once_its_usage_later(tmp_path, mocks):
+    """A streamed chat completion the call asked to store: its endpoint is learned as the answer
+    ends (a call naming it may come at once); its usage and outcome record wait in the queue."""
+    upstream = mocks("eu-se")
+    policy = write_policy(tmp_path / "policy", [endpoint_yaml("eu-se", upstream.url + "/v1", "SE")])
+    router = start_router(tmp_path, policy)
+    try:
+        router.call(lambda: setattr(router.app.runtime.later, "max_delay_s", 60.0))
+        body = chat_body(stream=True, store=True, stream_options={"include_usage": True})
+        made = router.post(headers=router.headers(country="SE"), json_body=body)
+        assert made.status_code == 200
+        events = [json.loads(line[5:]) for line in made.content.splitlines()
+                  if line.startswith(b"data: {")]  # fmt: skip
+        ident = events[0]["id"]
+        assert events[-1]["usage"]["prompt_tokens"] > 0
+        objects = router.app.runtime.objects
+        assert router.call(lambda: objects.find("t1", [ident])) == (ident, "eu-se")
+        queued = router.call(lambda: [fn.__name__ for fn, _ in router.app.runtime.later._work])
+        assert "_after_answer" in queued  # its usage and outcome record, still to come
+        read = httpx.get(
+            f"{router.url}/v1/chat/completions/{ident}",
+            headers=router.headers(country="SE"),
+            timeout=30,
+        )
+        assert read.headers["x-geopin-endpoint"] == "eu-se"
+    finally:
+        router.stop()
+    (outcome,) = [
+        r for r in audit_records(tmp_path) if r["kind"] == "outcome" and r["status"] == 200
+        and r["object"] == ident
+    ]  # fmt: skip
+    assert outcome["usage"]["prompt_tokens"] == events[-1]["usage"]["prompt_tokens"]

@@ -67,7 +67,7 @@ def test_a_stream_names_what_it_makes_in_its_first_event():
     tap = UsageTap(b"text/event-stream", None)
     for start in range(0, len(stream), 700):  # in pieces, as it arrives
         tap.feed(stream[start : start + 700])
-    assert tap.read() == ({"input_tokens": 3}, "resp_9876543")
+    assert (tap.usage(), tap.made()) == ({"input_tokens": 3}, "resp_9876543")
 
 
 def test_a_first_event_larger_than_the_head_names_nothing():
@@ -75,11 +75,11 @@ def test_a_first_event_larger_than_the_head_names_nothing():
                "instructions": "x" * HEAD}}  # fmt: skip
     tap = UsageTap(b"text/event-stream", None)
     tap.feed(_sse(created))
-    assert tap.read() == (None, None)
+    assert (tap.usage(), tap.made()) == (None, None)
 
 
 def test_a_json_answer_names_what_it_makes():
     body = json.dumps({"id": "file-abc123", "object": "file", "bytes": 3}).encode()
     tap = UsageTap(b"application/json", len(body))
     tap.feed(body)
-    assert tap.read() == (None, "file-abc123")
+    assert (tap.usage(), tap.made()) == (None, "file-abc123")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -199,6 +200,16 @@ def test_server_errors_mark_the_span(captured):
     assert by_status[503].status.status_code is StatusCode.ERROR
     assert by_status[503].attributes["error.type"] == "503"
     assert by_status[451].status.status_code is StatusCode.UNSET  # a refusal is not a fault
+
+
+def test_a_request_span_ends_when_it_is_told_it_ended(captured):
+    """The span of a response whose bookkeeping ran later still ends when the response did."""
+    request = _request(captured.telemetry)
+    ended = time.time_ns()
+    time.sleep(0.01)
+    request.end(status=200, end_ns=ended)
+    (span,) = captured.spans.get_finished_spans()
+    assert span.end_time == ended
 
 
 def test_tracing_off_is_the_shared_no_op():

@@ -12,7 +12,8 @@ the endpoint it names.
 Telemetry rides along in an :class:`Exchange` per request: a SERVER span (a shared do-nothing
 one with tracing off), child spans for the decision, the audit commit and each upstream
 attempt, and, once the answer has gone, one set of request metrics and one access-log line,
-refusals included. A client's ``traceparent`` is continued only when
+refusals included (the line, and the span's end, in the router's next idle moment:
+``geopin.proxy.later``). A client's ``traceparent`` is continued only when
 ``telemetry.trust_client_traceparent`` says so, and each attempt sends its own upstream.
 """
 
@@ -140,9 +141,14 @@ class ProxyApp:
         """The request's span ends, its metrics and its access-log line are written."""
         duration = time.perf_counter() - started
         status = exchange.status
-        exchange.trace.end(
-            status=status, error="client_disconnected" if status == _CLIENT_CLOSED else None
-        )
+        later = self.runtime.later
+        if exchange.trace is not NO_TRACE:  # ended after what the answer says is read (usage)
+            later.add(
+                exchange.trace.end,
+                status=status,
+                error="client_disconnected" if status == _CLIENT_CLOSED else None,
+                end_ns=time.time_ns(),
+            )
         location = exchange.location
         country = location.country if location is not None else None
         self._metrics.request(
@@ -156,7 +162,7 @@ class ProxyApp:
         )
         if not access_log_enabled():
             return
-        self.runtime.later.add(  # written in the router's next idle moment
+        later.add(  # written in the router's next idle moment
             access_log,
             method=method,
             path=path,

@@ -158,30 +158,16 @@ async def forward(
         )
         exchange.bytes_out = tap.bytes_out
         stored = isinstance(call.body, dict) and call.body.get("store") is True
-        usage, made = tap.read(stored_completion=stored)
+        made = tap.made(stored_completion=stored)
         if made is not None and error is None and response.status < 300:
             runtime.objects.learn(exchange.tenant, made, endpoint.id)  # its later calls go there
             exchange.object_id = made
-        # The upstream's token counts, for telemetry and the record; a call that names no model
-        # ran none (a stored response read back carries the usage of the call that made it).
-        if call.model is None:
-            usage = None
-        else:
-            observe_usage(
-                exchange,
-                usage if error is None else None,
-                metrics,
-                operation=_operation_name(call.operation),
-                provider=provider,
-                model=call.model,
-                endpoint=endpoint.id,
-                duration_s=time.perf_counter() - sent,
-                error=error,
-            )
-        record_outcome(
-            runtime, exchange, call, decision, decision_id, started,
-            endpoint=endpoint, attempts=tried, status=response.status,
-            bytes_out=tap.bytes_out, usage=usage, error=error,
+        # The usage the answer reports, and its outcome record: in the router's next idle moment.
+        runtime.later.add(
+            _after_answer, runtime=runtime, exchange=exchange, call=call, decision=decision,
+            decision_id=decision_id, started=started, endpoint=endpoint, tried=tried,
+            status=response.status, tap=tap, error=error, metrics=metrics, provider=provider,
+            duration_s=time.perf_counter() - sent, ended=time.perf_counter(),
         )  # fmt: skip
         return None
     if not tried and not any(API_OF_KIND[e.kind] == call.api for e in decision.candidates):
@@ -200,6 +186,49 @@ async def forward(
         bytes_out=None, usage=None, error=failure,
     )  # fmt: skip
     return error_response
+
+
+def _after_answer(
+    *,
+    runtime: Runtime,
+    exchange: Exchange,
+    call: ClientCall,
+    decision: Decision,
+    decision_id: str,
+    started: float,
+    endpoint: Endpoint,
+    tried: list[str],
+    status: int,
+    tap: UsageTap,
+    error: str | None,
+    metrics: Metrics,
+    provider: str,
+    duration_s: float,
+    ended: float,
+) -> None:
+    """After an answer has gone: its usage, for telemetry, and its outcome record."""
+    usage = tap.usage()
+    # The upstream's token counts, for telemetry and the record; a call that names no model
+    # ran none (a stored response read back carries the usage of the call that made it).
+    if call.model is None:
+        usage = None
+    else:
+        observe_usage(
+            exchange,
+            usage if error is None else None,
+            metrics,
+            operation=_operation_name(call.operation),
+            provider=provider,
+            model=call.model,
+            endpoint=endpoint.id,
+            duration_s=duration_s,
+            error=error,
+        )
+    record_outcome(
+        runtime, exchange, call, decision, decision_id, started,
+        endpoint=endpoint, attempts=tried, status=status,
+        bytes_out=tap.bytes_out, usage=usage, error=error, ended=ended,
+    )  # fmt: skip
 
 
 async def _relay(

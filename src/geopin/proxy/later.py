@@ -1,7 +1,8 @@
 """Work a response leaves behind, done in the router's next idle moment.
 
-Once a response's last byte has gone, the router still writes its outcome record (encoded and
-journaled: 50 to 120 µs) and its access line (20 to 55 µs). Done there and then, that work
+Once a response's last byte has gone, the router still reads the usage the answer reports
+(a stream's: from its last events), writes its outcome record (encoded and journaled: 50 to
+120 µs) and its access line (20 to 55 µs) and ends its span. Done there and then, that work
 delays whatever came in meanwhile: a client that sends its next request as soon as an answer
 ends (an agent's loop, a stream followed by the next call) waited for it before the router
 even read its request. So that work is queued here, and done
@@ -14,9 +15,9 @@ even read its request. So that work is queued here, and done
 - ``max_delay_s`` later at most (a timer), or
 - at shutdown, before the audit writer closes.
 
-Nothing that a later request reads is queued here: where an object lives (``ObjectHomes``),
-metrics and the request's span are written at once. A failing piece of work is logged and the
-rest still runs.
+Nothing that a later request reads is queued here: where an object the answer made lives
+(``ObjectHomes``) is learned at once, and so are the request's metrics; its span ends with the
+time the response ended. A failing piece of work is logged and the rest still runs.
 """
 
 from __future__ import annotations

@@ -65,11 +65,12 @@ def record_outcome(
     bytes_out: int | None,
     usage: Mapping[str, int] | None,
     error: str | None,
+    ended: float | None = None,
 ) -> None:
     """Queue the outcome record of a routed request once its response has gone: encoded and
     handed to the audit writer in the router's next idle moment (``runtime.later``), it joins
     the next audit commit; nobody waits for it. ``endpoint`` is the one that answered, None
-    when none did. Its latency is taken now."""
+    when none did. Its latency is taken at ``ended`` (a ``perf_counter()``; default now)."""
     runtime.later.add(
         _submit_outcome,
         runtime=runtime,
@@ -77,7 +78,7 @@ def record_outcome(
         endpoint=endpoint,
         attempts=attempts,
         status=status,
-        latency_us=int((time.perf_counter() - started) * 1e6),
+        latency_us=int(((time.perf_counter() if ended is None else ended) - started) * 1e6),
         model=call.model,
         tenant=exchange.tenant,
         location=exchange.location,

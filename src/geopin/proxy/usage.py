@@ -2,7 +2,8 @@
 
 Read from what passed through anyway: a small JSON body is kept whole, a stream keeps only its
 first bytes (the event naming what it makes) and its tail (the usage arrives in the last
-events). Parsed after the response has gone to the client.
+events). Parsed after the response has gone to the client: the object at once (the next call
+may name it), the usage in the router's next idle moment (``geopin.proxy.later``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ HEAD = 4 * 1024  # bytes of a stream's start kept to find the object it makes
 class UsageTap:
     """Fed every chunk of a response; keeps what :meth:`usage` needs and no more."""
 
-    __slots__ = ("_stream", "_parts", "_size", "_head", "bytes_out")
+    __slots__ = ("_stream", "_parts", "_size", "_head", "_answer", "bytes_out")
 
     def __init__(self, content_type: bytes, content_length: int | None) -> None:
         self._stream = content_type.startswith(b"text/event-stream")
@@ -30,6 +31,7 @@ class UsageTap:
         self._parts: list[bytes] | None = [] if (self._stream or whole) else None
         self._size = 0
         self._head = b""
+        self._answer: Any = _UNREAD  # a JSON body, parsed once
         self.bytes_out = 0
 
     def feed(self, chunk: bytes) -> None:
@@ -46,21 +48,34 @@ class UsageTap:
             parts[:] = [tail]
             self._size = len(tail)
 
-    def read(self, *, stored_completion: bool = False) -> tuple[dict[str, int] | None, str | None]:
-        """The token usage the upstream reported and the id of the object it made and keeps
-        (``objects.made_object``), each None when the answer does not say."""
+    def made(self, *, stored_completion: bool = False) -> str | None:
+        """The id of the object the upstream made and keeps (``objects.made_object``), None
+        when the answer does not say. A stream says it in its first event."""
         if not self._parts:
-            return None, None
-        data = b"".join(self._parts)
+            return None
+        if self._stream:
+            return made_object(first_event(self._head), stored_completion=stored_completion)
+        return made_object(self._json(), stored_completion=stored_completion)
+
+    def usage(self) -> dict[str, int] | None:
+        """The token usage the upstream reported, None when the answer does not say."""
+        if not self._parts:
+            return None
         if not self._stream:
-            answer = _loads(data)
-            return _usage_of(answer), made_object(answer, stored_completion=stored_completion)
+            return _usage_of(self._json())
         found = None
-        for line in data.split(b"\n"):
+        for line in b"".join(self._parts).split(b"\n"):
             if line.startswith(b"data:") and b"usage" in line:
                 found = _usage_of(_loads(line[5:].strip())) or found
-        made = made_object(first_event(self._head), stored_completion=stored_completion)
-        return found, made
+        return found
+
+    def _json(self) -> Any:
+        if self._answer is _UNREAD:
+            self._answer = _loads(b"".join(self._parts or ()))
+        return self._answer
+
+
+_UNREAD = object()
 
 
 def _loads(data: bytes) -> Any:

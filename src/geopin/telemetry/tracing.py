@@ -151,7 +151,8 @@ class RequestTrace:
     ) -> None:
         return None
 
-    def end(self, *, status: int, error: str | None = None) -> None:
+    def end(self, *, status: int, error: str | None = None, end_ns: int | None = None) -> None:
+        """End the span, at ``end_ns`` (``time.time_ns()``) when given, else now."""
         return None
 
 
@@ -164,7 +165,11 @@ NO_TRACE = RequestTrace()
 
 
 def _end_span(
-    span: trace.Span, error: str | None, status: int | None = None, failing_status: int = 400
+    span: trace.Span,
+    error: str | None,
+    status: int | None = None,
+    failing_status: int = 400,
+    end_ns: int | None = None,
 ) -> None:
     """End ``span`` with its response status, if any; an ``error``, or a status from
     ``failing_status`` up, marks it failed with that ``error.type``."""
@@ -175,7 +180,7 @@ def _end_span(
     if error is not None:
         span.set_attribute("error.type", error)
         span.set_status(Status(StatusCode.ERROR))
-    span.end()
+    span.end(end_time=end_ns)
 
 
 class _ChildSpan(SpanHandle):
@@ -303,8 +308,9 @@ class _Request(RequestTrace):
             attributes["gen_ai.usage.output_tokens"] = output_tokens
         self._span.set_attributes(attributes)
 
-    def end(self, *, status: int, error: str | None = None) -> None:
-        _end_span(self._span, error, status, failing_status=500)  # a 4xx is the client's error
+    def end(self, *, status: int, error: str | None = None, end_ns: int | None = None) -> None:
+        # A 4xx is the client's error.
+        _end_span(self._span, error, status, failing_status=500, end_ns=end_ns)
 
 
 class Tracing:
