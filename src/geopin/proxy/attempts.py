@@ -163,11 +163,12 @@ async def forward(
             runtime.objects.learn(exchange.tenant, made, endpoint.id)  # its later calls go there
             exchange.object_id = made
         # The usage the answer reports, and its outcome record: in the router's next idle moment.
+        ended = time.perf_counter()
         runtime.later.add(
             _after_answer, runtime=runtime, exchange=exchange, call=call, decision=decision,
             decision_id=decision_id, started=started, endpoint=endpoint, tried=tried,
             status=response.status, tap=tap, error=error, metrics=metrics, provider=provider,
-            duration_s=time.perf_counter() - sent, ended=time.perf_counter(),
+            duration_s=ended - sent, ended=ended,
         )  # fmt: skip
         return None
     if not tried and not any(API_OF_KIND[e.kind] == call.api for e in decision.candidates):
@@ -207,12 +208,10 @@ def _after_answer(
     ended: float,
 ) -> None:
     """After an answer has gone: its usage, for telemetry, and its outcome record."""
-    usage = tap.usage()
     # The upstream's token counts, for telemetry and the record; a call that names no model
     # ran none (a stored response read back carries the usage of the call that made it).
-    if call.model is None:
-        usage = None
-    else:
+    usage = None if call.model is None else tap.usage()
+    if call.model is not None:
         observe_usage(
             exchange,
             usage if error is None else None,
