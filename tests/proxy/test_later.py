@@ -9,6 +9,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -16,6 +20,7 @@ from geopin.proxy.later import Later
 from geopin.telemetry.accesslog import configure_logging
 
 from .conftest import (
+    Router,
     audit_records,
     chat_body,
     endpoint_yaml,
@@ -120,11 +125,13 @@ def test_a_failing_piece_is_logged_and_the_rest_runs(caplog):
     assert "broken on purpose" in caplog.text
 
 
-def test_a_responses_line_and_outcome_are_written_while_the_next_request_waits(tmp_path, mocks):
-    """End to end over real sockets: the first answer's access line and outcome record wait
-    (the timer is set far off) until the second request has gone upstream, and are written
-    while it waits there; the second's are written at shutdown."""
-    upstream = mocks("eu-se", latency_ms=400)
+@contextmanager
+def _after_a_first_answer(
+    tmp_path: Path, mocks: Any, **upstream_options: Any
+) -> Iterator[tuple[Router, Any, io.StringIO, str]]:
+    """A router whose queue's timer is set far off, after one answer whose access line and
+    outcome wait in the queue; yields the router, its upstream, the log and that answer's id."""
+    upstream = mocks("eu-se", **upstream_options)
     policy = write_policy(tmp_path / "policy", [endpoint_yaml("eu-se", upstream.url + "/v1", "SE")])
     out = io.StringIO()
     configure_logging("warning", stream=out)
@@ -136,7 +143,17 @@ def test_a_responses_line_and_outcome_are_written_while_the_next_request_waits(t
         first_id = first.headers["x-geopin-decision-id"]
         assert router.call(lambda: len(router.app.runtime.later)) == 2  # outcome, access line
         assert first_id not in out.getvalue()
+        yield router, upstream, out, first_id
+    finally:
+        router.stop()
+        configure_logging("info")
 
+
+def test_a_responses_line_and_outcome_are_written_while_the_next_request_waits(tmp_path, mocks):
+    """End to end over real sockets: the first answer's access line and outcome record wait
+    (the timer is set far off) until the second request has gone upstream, and are written
+    while it waits there; the second's are written at shutdown."""
+    with _after_a_first_answer(tmp_path, mocks, latency_ms=400) as (router, _, out, first_id):
         second: list[httpx.Response] = []
         thread = threading.Thread(
             target=lambda: second.append(router.post(headers=router.headers(country="SE")))
@@ -150,9 +167,6 @@ def test_a_responses_line_and_outcome_are_written_while_the_next_request_waits(t
         thread.join(30)
         assert second and second[0].status_code == 200
         second_id = second[0].headers["x-geopin-decision-id"]
-    finally:
-        router.stop()
-        configure_logging("info")
     assert second_id in out.getvalue()  # written at shutdown
     outcomes = {r["decision_id"] for r in audit_records(tmp_path) if r["kind"] == "outcome"}
     assert outcomes == {first_id, second_id}
@@ -162,18 +176,8 @@ def test_before_a_streamed_call_the_work_waits_for_its_first_event(tmp_path, moc
     """End to end: a streamed call does not do what the previous answer left while it waits
     for its head (1 s here), but once its first event has gone, while the rest of the stream
     is still coming."""
-    upstream = mocks("eu-se", latency_ms=1000, stream_chunks=6, chunk_delay_ms=200)
-    policy = write_policy(tmp_path / "policy", [endpoint_yaml("eu-se", upstream.url + "/v1", "SE")])
-    out = io.StringIO()
-    configure_logging("warning", stream=out)
-    router = start_router(tmp_path, policy, telemetry={"access_log_flush_s": 0})
-    try:
-        router.call(lambda: setattr(router.app.runtime.later, "max_delay_s", 60.0))
-        first = router.post(headers=router.headers(country="SE"))
-        assert first.status_code == 200
-        first_id = first.headers["x-geopin-decision-id"]
-        assert router.call(lambda: len(router.app.runtime.later)) == 2
-
+    slow = {"latency_ms": 1000, "stream_chunks": 6, "chunk_delay_ms": 200}
+    with _after_a_first_answer(tmp_path, mocks, **slow) as (router, upstream, out, first_id):
         first_event_at: list[float] = []
         ended: list[bytes] = []
 
@@ -204,9 +208,6 @@ def test_before_a_streamed_call_the_work_waits_for_its_first_event(tmp_path, moc
         assert not ended, "written only once the stream had ended"
         thread.join(30)
         assert first_event_at and ended and ended[0].rstrip().endswith(b"data: [DONE]")
-    finally:
-        router.stop()
-        configure_logging("info")
 
 
 def test_where_an_answers_object_lives_is_known_at_once_its_usage_later(tmp_path, mocks):
