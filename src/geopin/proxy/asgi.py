@@ -138,7 +138,8 @@ class ProxyApp:
     def _finish(
         self, exchange: Exchange, method: str, path: str, route: str | None, started: float
     ) -> None:
-        """The request's span ends, its metrics and its access-log line are written."""
+        """The request's metrics are written; its span's end (at this time) and its access-log
+        line are queued for the router's next idle moment (``runtime.later``)."""
         duration = time.perf_counter() - started
         status = exchange.status
         later = self.runtime.later

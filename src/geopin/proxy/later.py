@@ -16,8 +16,9 @@ even read its request. So that work is queued here, and done
 - at shutdown, before the audit writer closes.
 
 Nothing that a later request reads is queued here: where an object the answer made lives
-(``ObjectHomes``) is learned at once, and so are the request's metrics; its span ends with the
-time the response ended. A failing piece of work is logged and the rest still runs.
+(``ObjectHomes``) is learned at once, and so are the request's metrics (its GenAI usage
+metrics come with the usage); its span ends with the time the response ended. A failing piece
+of work is logged and the rest still runs.
 """
 
 from __future__ import annotations
