@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
+import time
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -249,3 +252,34 @@ def test_an_inbox_that_cannot_be_opened_at_start_spools_and_is_made_once_it_can(
     assert stats.spool_backlog == 0 and sorted(pending_ids(sqlite_engine)) == sorted(
         [first["id"], second["id"]]
     )
+
+
+def _open_inbox_at(url: str, at: float, results: Any) -> None:
+    while time.time() < at:  # both processes open the new files at the same moment
+        pass
+    try:
+        ensure(inbox_engine(create_audit_engine(url)))
+        results.put("ok")
+    except Exception as exc:  # reported by the test
+        results.put(repr(exc))
+
+
+def test_two_processes_opening_a_new_database_at_once_both_start(tmp_path):
+    """`geopin serve --workers 2` on a new database: both workers switch the new inbox file
+    into WAL mode at once, which SQLite answers with "database is locked" without waiting;
+    neither may fail its start for it (one in five pairs did)."""
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for n in range(25):
+        url = f"sqlite:///{tmp_path / f'audit-{n}.db'}"
+        results = context.Queue()
+        at = time.time() + 0.2
+        workers = [
+            context.Process(target=_open_inbox_at, args=(url, at, results)) for _ in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        failures += [r for r in (results.get(timeout=60), results.get(timeout=60)) if r != "ok"]
+        for worker in workers:
+            worker.join(60)
+    assert failures == []

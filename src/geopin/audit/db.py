@@ -85,7 +85,7 @@ def _configure_sqlite(engine: Engine, synchronous: SqliteSync) -> None:
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _into_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -94,6 +94,25 @@ def _configure_sqlite(engine: Engine, synchronous: SqliteSync) -> None:
     def _on_begin(conn):  # noqa: ANN001
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _into_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``. Switching a file into WAL needs it to itself, and SQLite
+    answers "database is locked" at once, without its busy handler, when another connection
+    has it meanwhile (two workers opening a new database together): so wait and try again, as
+    the busy timeout would (on a file already in WAL mode, as it stays, the pragma changes
+    nothing)."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def write_connection(engine: Engine) -> sa.Connection:
