@@ -85,6 +85,19 @@ def test_run_cancels_the_timer():
     asyncio.run(main())
 
 
+def test_work_queued_by_work_runs_in_the_same_run_and_arms_no_timer():
+    done: list[str] = []
+
+    async def main() -> None:
+        later = Later(max_delay_s=10)
+        later.add(lambda: later.add(lambda: done.append("queued by the first")))
+        later.run()
+        assert done == ["queued by the first"] and len(later) == 0
+        assert later._timer is None  # nothing left for a timer to run
+
+    asyncio.run(main())
+
+
 def test_run_soon_runs_the_queue_after_what_the_turn_scheduled_before():
     order: list[str] = []
 

@@ -42,11 +42,14 @@ class Later:
         self.max_delay_s = max_delay_s
         self._work: deque[tuple[Callable[..., Any], dict[str, Any]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._running = False  # run() is draining the queue: what is added now runs in it
 
     def add(self, fn: Callable[..., Any], **kwargs: Any) -> None:
-        """Queue ``fn(**kwargs)``; done at once when no event loop runs (nothing would run it)."""
+        """Queue ``fn(**kwargs)``; done at once when no event loop runs (nothing would run it).
+        Work queued by work being run (an answer's usage read, then its outcome record) runs
+        in the same :meth:`run`."""
         self._work.append((fn, kwargs))
-        if self._timer is None:
+        if self._timer is None and not self._running:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -70,12 +73,16 @@ class Later:
             self._timer.cancel()
             self._timer = None
         work = self._work
-        while work:
-            fn, kwargs = work.popleft()
-            try:
-                fn(**kwargs)
-            except Exception:
-                log.exception("work after a response failed: %s", getattr(fn, "__name__", fn))
+        self._running = True
+        try:
+            while work:
+                fn, kwargs = work.popleft()
+                try:
+                    fn(**kwargs)
+                except Exception:
+                    log.exception("work after a response failed: %s", getattr(fn, "__name__", fn))
+        finally:
+            self._running = False
 
     def __len__(self) -> int:
         return len(self._work)
