@@ -26,7 +26,7 @@ from geopin.audit.migrate import upgrade
 from geopin.audit.schema import records
 from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
-from geopin.proxy.turnwrite import HttpProtocol
+from geopin.proxy.protocol import HttpProtocol
 from geopin.settings import Settings
 from geopin.telemetry import Telemetry
 

@@ -648,6 +648,14 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
             chunks = response.iter_raw()  # kept: dropping the generator would close the stream
             assert next(chunks).startswith(b"data:")
             assert router.call(lambda: router.app.runtime.client.stats().active) == 1
+            # The connection says when its client leaves: no task per stream waits for that.
+            watching = router.call(
+                lambda: [
+                    t for t in asyncio.all_tasks() if t.get_name() == "geopin-disconnect-watch"
+                ]
+            )
+            assert watching == []
+        left_at = time.monotonic()
 
         # The client is gone: within a moment the upstream connection is dropped and every
         # task of the request has ended, long before the upstream stream (20 s) would have. The
@@ -670,6 +678,14 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
             time.sleep(0.05)
         assert stats.active == 0 and stats.idle == 0
         assert left == [], left
+        assert time.monotonic() - left_at < 5  # the upstream's stream would last 20 s
+        outcome = None
+        while outcome is None and time.monotonic() < deadline:
+            found = [r for r in audit_records(tmp_path) if r["kind"] == "outcome"]
+            outcome = found[0] if found else None
+            time.sleep(0.05)
+        assert outcome is not None
+        assert (outcome["endpoint"], outcome["error"]) == ("eu-se", "client disconnected")
     finally:
         router.stop()
 

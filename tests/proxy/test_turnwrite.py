@@ -12,7 +12,8 @@ import pytest
 import uvicorn
 import uvloop
 
-from geopin.proxy.turnwrite import HttpProtocol, TurnTransport
+from geopin.proxy.protocol import HttpProtocol
+from geopin.proxy.turnwrite import TurnTransport
 
 
 class _Recording:

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from geopin.proxy import watch
-from geopin.proxy.watch import HeadWatch
+from geopin.proxy.protocol import CLIENT_GONE
+from geopin.proxy.watch import HeadWatch, StreamWatch
 
 
 class _Client:
@@ -84,3 +85,57 @@ def test_many_attempts_share_one_timer_and_a_disconnect_after_the_answer_changes
         assert asyncio.all_tasks() == {asyncio.current_task()}
 
     asyncio.run(scenario())
+
+
+class _Response:
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def test_a_stream_is_aborted_when_the_connection_says_its_client_left():
+    """Under geopin's protocol: the callback the watch sets is the connection's to call; no
+    task is started; stopping clears it."""
+
+    async def main() -> None:
+        callbacks: list = []
+        scope = {CLIENT_GONE: callbacks.append}
+        client, response = _Client(), _Response()
+        before = asyncio.all_tasks()
+        stream = StreamWatch(scope, client.receive, response)
+        await asyncio.sleep(0)
+        assert asyncio.all_tasks() == before and client.calls == 0
+        assert not stream.gone and response.aborted == 0
+        callbacks[-1]()  # the connection is lost
+        assert stream.gone and response.aborted == 1
+        stream.stop()
+        assert callbacks[-1] is None
+
+    asyncio.run(main())
+
+
+def test_under_another_server_a_task_watches_receive_and_stop_ends_it():
+    async def main() -> None:
+        client, response = _Client(), _Response()
+        stream = StreamWatch({}, client.receive, response)
+        await asyncio.sleep(0)
+        assert client.calls == 1 and not stream.gone
+        client.gone.set()
+        await asyncio.sleep(0.01)
+        assert stream.gone and response.aborted == 1
+
+        quiet, untouched = _Client(), _Response()
+        stopped = StreamWatch({}, quiet.receive, untouched)
+        await asyncio.sleep(0)
+        tasks = {t for t in asyncio.all_tasks() if t.get_name() == "geopin-disconnect-watch"}
+        assert len(tasks) == 1
+        stopped.stop()
+        await asyncio.sleep(0)
+        assert all(t.done() for t in tasks)
+        quiet.gone.set()
+        await asyncio.sleep(0.01)
+        assert not stopped.gone and untouched.aborted == 0
+
+    asyncio.run(main())

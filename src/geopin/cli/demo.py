@@ -28,7 +28,7 @@ from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
 from geopin.policy.decision import ProviderKind
 from geopin.policy.loader import load_policy
-from geopin.proxy.turnwrite import HttpProtocol
+from geopin.proxy.protocol import HttpProtocol
 from geopin.settings import Settings
 
 CDN_ADDRESS = "127.0.0.2"  # trusted as a CDN: its CF-IPCountry header locates the client

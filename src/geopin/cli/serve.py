@@ -14,7 +14,7 @@ import click
 import uvicorn
 
 from geopin.errors import GeopinError, PolicyError
-from geopin.proxy.turnwrite import HttpProtocol
+from geopin.proxy.protocol import HttpProtocol
 from geopin.settings import Settings, listen_address, load_settings
 
 EXIT_INVALID = 2

@@ -306,7 +306,7 @@ class ProxyApp:
         if pin is not None and not attempts:
             return self._pin_refused(state, call, decision, decision_id, pin, exchange, started)
         return await forward(
-            runtime, state, call, headers, decision, attempts, decision_id, started, receive,
+            runtime, state, call, scope, decision, attempts, decision_id, started, receive,
             send, exchange, metrics=self._metrics, max_attempts=self._max_attempts,
             retry_after=self._retry_after,
         )  # fmt: skip

@@ -31,7 +31,7 @@ from geopin.proxy.request import ClientGone
 from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.upstream import API_OF_KIND, ClientCall, build_request, forwardable_headers
 from geopin.proxy.usage import UsageTap
-from geopin.proxy.watch import watch_stream
+from geopin.proxy.watch import StreamWatch
 from geopin.telemetry.metrics import Metrics
 from geopin.telemetry.tracing import provider_name, replace_trace_headers
 
@@ -55,7 +55,7 @@ async def forward(
     runtime: Runtime,
     state: RuntimeState,
     call: ClientCall,
-    headers: list,
+    scope: dict,
     decision: Decision,
     attempts: tuple[Endpoint, ...],
     decision_id: str,
@@ -71,7 +71,7 @@ async def forward(
     """Answer with the first of ``attempts`` to answer below 500, or the refusal to send."""
     board = runtime.health
     trace = exchange.trace
-    forwarded = forwardable_headers(headers)
+    forwarded = forwardable_headers(scope["headers"])
     # What earlier responses left to do runs while this request waits for its answer's head;
     # for a streamed call, once its first event has gone (``runtime.later``).
     idle = None if call.streamed else runtime.later.run
@@ -154,8 +154,9 @@ async def forward(
             provider=provider,
         )
         tap, error = await _relay(
-            response, endpoint, decision_id, receive, send, metrics, started, runtime.later
-        )
+            response, endpoint, decision_id, scope, receive, send, metrics, started,
+            runtime.later,
+        )  # fmt: skip
         exchange.bytes_out = tap.bytes_out
         stored = isinstance(call.body, dict) and call.body.get("store") is True
         made = tap.made(stored_completion=stored)
@@ -234,6 +235,7 @@ async def _relay(
     response: UpstreamResponse,
     endpoint: Endpoint,
     decision_id: str,
+    scope: dict,
     receive: Any,
     send: Any,
     metrics: Metrics,
@@ -258,15 +260,15 @@ async def _relay(
     headers.append((COUNTRY_HEADER, endpoint.country.encode()))
     tap = UsageTap(content_type, length)
     stream = length is None  # an open-ended body
-    watcher = None
+    watch: StreamWatch | None = None
     try:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         first = stream  # a stream: its first byte's time is measured
         while True:
-            if stream and watcher is None and response.waiting:
+            if stream and watch is None and response.waiting:
                 # From the first wait on: a client that goes away is noticed at once, or an
                 # idle stream would hold the upstream connection until its next event.
-                watcher = watch_stream(receive, response)
+                watch = StreamWatch(scope, receive, response)
             chunk = await response.chunk()
             if chunk is None:
                 break
@@ -283,14 +285,14 @@ async def _relay(
     except UpstreamError as exc:
         # Bytes have reached the client: no failover now. Returning without completing the
         # response makes the server drop the connection, so the client sees a broken response.
-        if watcher is not None and watcher.done():
+        if watch is not None and watch.gone:
             return tap, "client disconnected"
         log.warning("endpoint %s failed mid-response: %s", endpoint.id, exc)
         return tap, f"upstream failed mid-response: {exc}"
     finally:
         response.close()
-        if watcher is not None:
-            watcher.cancel()
+        if watch is not None:
+            watch.stop()
 
 
 def _error_kind(exc: UpstreamError) -> str:

@@ -10,17 +10,15 @@ So nothing waits for a later turn: a stream's head still leaves as soon as the r
 whether its first event has come or not, and the bookkeeping after a response (its outcome
 record, its access line) does not hold its last bytes back.
 
-:class:`HttpProtocol` is uvicorn's httptools protocol with every connection's transport so
-wrapped (``uvicorn.Config(http=HttpProtocol)``). Closing or ending the connection writes what
-is held first; aborting it drops it, as aborting drops the transport's own buffer.
+:class:`geopin.proxy.protocol.HttpProtocol` wraps every connection's transport so. Closing
+or ending the connection writes what is held first; aborting it drops it, as aborting drops
+the transport's own buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class TurnTransport:
@@ -88,14 +86,3 @@ class TurnTransport:
 
     def __getattr__(self, name: str) -> Any:  # anything else a transport has
         return getattr(self._transport, name)
-
-
-class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a :class:`TurnTransport`."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(TurnTransport(transport, self.loop))  # type: ignore[arg-type]
-
-    def on_response_complete(self) -> None:
-        self.transport.flush()  # type: ignore[attr-defined]
-        super().on_response_complete()

@@ -1,6 +1,6 @@
 """Noticing a client that goes away while its request waits for an upstream answer.
 
-A stream is watched while it is relayed (:func:`watch_stream`). Before that, an attempt
+A stream is watched while it is relayed (:class:`StreamWatch`). Before that, an attempt
 waits for the answer's head; one that has waited ``WATCH_AFTER_S`` (a long completion) gets a
 task that cancels the wait when the client disconnects, so the upstream connection is dropped
 rather than held to the answer or the read timeout. Most answers begin sooner, so attempts
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+from geopin.proxy.protocol import CLIENT_GONE
 
 WATCH_AFTER_S = 0.5
 
@@ -81,15 +83,37 @@ class HeadWatch:
         self._timer = None
 
 
-def watch_stream(receive: Any, response: Any) -> asyncio.Task:
-    """While a stream is relayed: abort ``response`` (its upstream connection) as soon as the
-    client disconnects, or an idle stream would hold it until its next event."""
+class StreamWatch:
+    """A relayed stream's watch for its client leaving: ``response`` (its upstream connection)
+    is aborted at once, or an idle stream would hold it until its next event. Under geopin's
+    own protocol the connection says so (:data:`~geopin.proxy.protocol.CLIENT_GONE`); under
+    another server a task waits on ``receive()``. :meth:`stop` it when the relay ends."""
 
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                response.abort()
-                return
+    __slots__ = ("gone", "_response", "_hook", "_task")
 
-    return asyncio.get_running_loop().create_task(watch(), name="geopin-disconnect-watch")
+    def __init__(self, scope: dict, receive: Any, response: Any) -> None:
+        self.gone = False  # the client went away while the stream was relayed
+        self._response = response
+        self._hook = scope.get(CLIENT_GONE)
+        self._task: asyncio.Task | None = None
+        if self._hook is not None:
+            self._hook(self._left)
+        else:
+            self._task = asyncio.get_running_loop().create_task(
+                self._wait(receive), name="geopin-disconnect-watch"
+            )
+
+    def _left(self) -> None:
+        self.gone = True
+        self._response.abort()
+
+    async def _wait(self, receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._left()
+
+    def stop(self) -> None:
+        if self._hook is not None:
+            self._hook(None)
+        if self._task is not None:
+            self._task.cancel()
