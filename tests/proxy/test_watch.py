@@ -35,7 +35,7 @@ def test_only_an_attempt_that_waits_long_is_watched_and_a_disconnect_cancels_it(
         quick, slow = _Client(), _Client()
 
         async def attempt(client: _Client, wait_s: float) -> str:
-            guard = heads.start(client.receive)
+            guard = heads.start({}, client.receive)
             try:
                 await asyncio.sleep(wait_s)  # the upstream's answer
                 return "answered"
@@ -70,7 +70,7 @@ def test_many_attempts_share_one_timer_and_a_disconnect_after_the_answer_changes
         call_later = loop.call_later
         loop.call_later = lambda *args: timers.append(args) or call_later(*args)  # type: ignore[method-assign]
         clients = [_Client() for _ in range(50)]
-        guards = [heads.start(c.receive) for c in clients]
+        guards = [heads.start({}, c.receive) for c in clients]
         assert len(timers) == 1  # one timer for fifty attempts
         for guard in guards[:25]:
             heads.done(guard)  # answered in time
@@ -83,6 +83,41 @@ def test_many_attempts_share_one_timer_and_a_disconnect_after_the_answer_changes
         await asyncio.sleep(0.01)
         assert not any(guard.tripped for guard in guards)
         assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
+
+
+def test_under_geopins_protocol_an_attempt_is_cancelled_the_moment_its_client_leaves():
+    """No timer, no task: the connection's callback trips the guard; done() clears it."""
+
+    async def scenario() -> None:
+        heads = HeadWatch()
+        callbacks: list = []
+        scope = {CLIENT_GONE: callbacks.append}
+        client = _Client()
+
+        async def attempt() -> str:
+            guard = heads.start(scope, client.receive)
+            try:
+                await asyncio.sleep(10)  # the upstream's answer
+                return "answered"
+            except asyncio.CancelledError:
+                assert guard.tripped
+                asyncio.current_task().uncancel()
+                return "client gone"
+            finally:
+                heads.done(guard)
+
+        task = asyncio.create_task(attempt())
+        await asyncio.sleep(0)
+        assert heads._timer is None and heads._waiting == {} and callable(callbacks[-1])
+        callbacks[-1]()  # the connection is lost
+        assert await asyncio.wait_for(task, 1) == "client gone"
+        assert callbacks[-1] is None and client.calls == 0
+
+        answered = heads.start(scope, client.receive)  # an answer that came in time
+        heads.done(answered)
+        assert callbacks[-1] is None and not answered.tripped
 
     asyncio.run(scenario())
 

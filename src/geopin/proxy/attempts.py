@@ -102,7 +102,7 @@ async def forward(
         )
         sending = replace_trace_headers(forwarded, attempt.trace_headers())
         sent = time.perf_counter()
-        guard = runtime.head_watch.start(receive)
+        guard = runtime.head_watch.start(scope, receive)
         try:
             response = await runtime.client.send(build_request(route, call, sending), idle=idle)
         except asyncio.CancelledError:

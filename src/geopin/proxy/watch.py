@@ -1,11 +1,16 @@
 """Noticing a client that goes away while its request waits for an upstream answer.
 
-A stream is watched while it is relayed (:class:`StreamWatch`). Before that, an attempt
-waits for the answer's head; one that has waited ``WATCH_AFTER_S`` (a long completion) gets a
-task that cancels the wait when the client disconnects, so the upstream connection is dropped
-rather than held to the answer or the read timeout. Most answers begin sooner, so attempts
-are not given a timer each: a :class:`HeadWatch` keeps the waiting attempts in start order
-and one timer for them all.
+Under geopin's own HTTP protocol the connection says when its client leaves
+(:data:`~geopin.proxy.protocol.CLIENT_GONE`): an attempt waiting for its answer's head is then
+cancelled at once (:class:`HeadWatch`), and a stream being relayed is aborted at once
+(:class:`StreamWatch`), so the upstream connection is dropped rather than held to the answer,
+the stream's next event or the read timeout. Neither costs a task.
+
+Under another ASGI server only ``receive()`` says so, which takes a task waiting on it. A
+stream gets one from its first wait on. An attempt gets one once it has waited
+``WATCH_AFTER_S`` (a long completion): most answers begin sooner, so attempts are not given a
+task or a timer each; a :class:`HeadWatch` keeps the waiting attempts in start order and one
+timer for them all.
 """
 
 from __future__ import annotations
@@ -21,13 +26,21 @@ WATCH_AFTER_S = 0.5
 class HeadGuard:
     """One attempt's wait for its answer's head; ``tripped`` once the client went away."""
 
-    __slots__ = ("_receive", "_task", "_watcher", "tripped")
+    __slots__ = ("_receive", "_task", "_watcher", "_hook", "tripped")
 
-    def __init__(self, receive: Any, task: asyncio.Task | None) -> None:
+    def __init__(self, receive: Any, task: asyncio.Task | None, hook: Any = None) -> None:
         self._receive = receive
         self._task = task
         self._watcher: asyncio.Task | None = None
+        self._hook = hook  # the connection's CLIENT_GONE, when it has one
         self.tripped = False
+        if hook is not None:
+            hook(self._trip)
+
+    def _trip(self) -> None:
+        if self._task is not None and not self.tripped:
+            self.tripped = True
+            self._task.cancel()
 
     def watch(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(
@@ -37,11 +50,12 @@ class HeadGuard:
     async def _wait_for_disconnect(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
-        if self._task is not None and not self.tripped:
-            self.tripped = True
-            self._task.cancel()
+        self._trip()
 
     def stop(self) -> None:
+        if self._hook is not None:
+            self._hook(None)
+            self._hook = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
@@ -49,7 +63,8 @@ class HeadGuard:
 
 
 class HeadWatch:
-    """The attempts of one event loop waiting for an answer's head, with one timer."""
+    """The attempts of one event loop waiting for an answer's head: each told at once by its
+    connection, or else watched once it has waited ``WATCH_AFTER_S``, with one timer."""
 
     __slots__ = ("_timer", "_waiting")
 
@@ -57,7 +72,10 @@ class HeadWatch:
         self._waiting: dict[HeadGuard, float] = {}  # insertion order is start order
         self._timer: asyncio.TimerHandle | None = None
 
-    def start(self, receive: Any) -> HeadGuard:
+    def start(self, scope: dict, receive: Any) -> HeadGuard:
+        hook = scope.get(CLIENT_GONE)
+        if hook is not None:  # the connection says when the client leaves: nothing to time
+            return HeadGuard(receive, asyncio.current_task(), hook)
         loop = asyncio.get_running_loop()
         guard = HeadGuard(receive, asyncio.current_task())
         self._waiting[guard] = loop.time() + WATCH_AFTER_S
