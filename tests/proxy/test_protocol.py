@@ -27,11 +27,16 @@ def _tell(name: str):  # noqa: ANN202
 
 async def _app(scope, receive, send):  # noqa: ANN001
     """/hold/NAME: the head, then nothing for 5 s, NAME told if the client leaves;
-    /done/NAME: a whole answer, the callback set and then cleared before it."""
+    /done/NAME: a whole answer, the callback set and then cleared before it;
+    /late/NAME: the callback set 0.3 s after the request came, nothing answered."""
     if scope["type"] != "http":
         return
     name = scope["path"].rsplit("/", 1)[-1]
     when_gone = scope[CLIENT_GONE]
+    if scope["path"].startswith("/late/"):  # asks only once its client has left
+        await asyncio.sleep(0.3)
+        when_gone(_tell(name))
+        return
     when_gone(_tell(name))
     await send({"type": "http.response.start", "status": 200, "headers": []})
     if scope["path"].startswith("/hold/"):
@@ -105,3 +110,9 @@ def test_a_connection_closed_after_its_answer_tells_nobody(server):
         while client.recv(65536):
             pass
     assert _wait_told(["never"], within_s=0.3) == []
+
+
+def test_a_request_that_asks_after_its_client_left_is_told_at_once(server):
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as client:
+        client.sendall(b"GET /late/a HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert _wait_told(["a"]) == ["a"]
