@@ -678,6 +678,17 @@ def audit_share(core: int, run_dir: Path) -> str:
     return done.stdout.strip()
 
 
+def idle_share(core: int) -> str:
+    """How much slower the targets' core ran the same Python work after idle gaps, right after
+    the run (``bench/idle_probe.py``): the machine's hour, which streams at c=1 feel most."""
+    probe = subprocess.run(
+        [sys.executable, str(BENCH / "idle_probe.py"), "--cpu", str(core), "--samples", "200",
+         "--rounds", "2"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return f"The targets' core after the run (`bench/idle_probe.py`):\n\n{probe.stdout.strip()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.serve_plain_hop:
@@ -744,10 +755,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{cores[1]}; stream answers have 8 pieces {args.chunk_delay_ms:g} ms apart. "
             "CPU ms/req: the target process tree's utime+stime per request."
         )
+        for target in targets:  # what follows runs on the targets' core, undisturbed
+            stop(target.process)
         if args.geopin:
-            for target in targets:  # the audit alone runs on the router's core, undisturbed
-                stop(target.process)
             note += "\n\n" + audit_share(cores[1], run_dir)
+        note += "\n\n" + idle_share(cores[1])
         print(report + note)
         (run_dir / "table.md").write_text(report + note + "\n")
         (run_dir / "raw.json").write_text(json.dumps({"raw": raw, "figures": figures}, indent=1))
