@@ -174,6 +174,16 @@ def start_router(
 
 
 def serve_app(app: GeopinApp, keys: dict[str, str]) -> Router:
+    port, loop, server, thread = serve_on_thread(app)
+    return Router(app, f"http://127.0.0.1:{port}", loop, server, thread, keys)
+
+
+def serve_on_thread(
+    app: Any,
+) -> tuple[int, asyncio.AbstractEventLoop, uvicorn.Server, threading.Thread]:
+    """``app`` under uvicorn with geopin's HTTP protocol, on a thread of its own, started: its
+    port, loop, server and thread (to stop it, set ``server.should_exit`` and join the thread).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -196,8 +206,8 @@ def serve_app(app: GeopinApp, keys: dict[str, str]) -> Router:
     deadline = time.monotonic() + 20
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert server.started, "the router did not start"
-    return Router(app, f"http://127.0.0.1:{port}", loop, server, thread, keys)
+    assert server.started, "the server did not start"
+    return port, loop, server, thread
 
 
 @pytest.fixture
@@ -238,6 +248,16 @@ def audit_records(tmp: Path) -> list[dict[str, Any]]:
             seen.add(record["id"])
             out.append(record)
     return out
+
+
+def first_outcome(tmp: Path, deadline: float) -> dict[str, Any] | None:
+    """The trail's first outcome record, waited for until ``deadline`` (``time.monotonic``):
+    it is written after its response has gone."""
+    while True:
+        found = [r for r in audit_records(tmp) if r["kind"] == "outcome"]
+        if found or time.monotonic() >= deadline:
+            return found[0] if found else None
+        time.sleep(0.05)
 
 
 def last_request(mock: RunningServer) -> dict[str, Any] | None:

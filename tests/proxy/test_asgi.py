@@ -19,6 +19,7 @@ from .conftest import (
     audit_records,
     chat_body,
     endpoint_yaml,
+    first_outcome,
     last_request,
     requests_seen,
     start_router,
@@ -679,11 +680,7 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
         assert stats.active == 0 and stats.idle == 0
         assert left == [], left
         assert time.monotonic() - left_at < 5  # the upstream's stream would last 20 s
-        outcome = None
-        while outcome is None and time.monotonic() < deadline:
-            found = [r for r in audit_records(tmp_path) if r["kind"] == "outcome"]
-            outcome = found[0] if found else None
-            time.sleep(0.05)
+        outcome = first_outcome(tmp_path, deadline)
         assert outcome is not None
         assert (outcome["endpoint"], outcome["error"]) == ("eu-se", "client disconnected")
     finally:
@@ -709,11 +706,7 @@ def test_a_client_that_leaves_before_a_slow_answer_begins_frees_the_upstream_con
             time.sleep(0.05)
         assert (stats.active, stats.idle) == (0, 0)  # dropped, not held to the answer
         assert time.monotonic() - gave_up < 2  # the answer would begin 4.5 s after
-        outcome = None
-        while outcome is None and time.monotonic() < deadline:
-            found = [r for r in audit_records(tmp_path) if r["kind"] == "outcome"]
-            outcome = found[0] if found else None
-            time.sleep(0.05)
+        outcome = first_outcome(tmp_path, deadline)
         assert outcome is not None
         assert (outcome["status"], outcome["endpoint"], outcome["attempts"]) == (
             499, None, ["eu-se"],

@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
-import uvicorn
-import uvloop
 
-from geopin.proxy.protocol import CLIENT_GONE, HttpProtocol
+from geopin.proxy.protocol import CLIENT_GONE
+
+from .conftest import serve_on_thread
 
 _told: list[str] = []  # the requests whose callback ran, in order
 _lock = threading.Lock()
@@ -50,22 +50,11 @@ async def _app(scope, receive, send):  # noqa: ANN001
 @pytest.fixture
 def server():
     _told.clear()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=HttpProtocol, log_level="critical", access_log=False)
-    served = uvicorn.Server(config)
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(served.serve([sock]),))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not served.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield sock.getsockname()[1]
+    port, _, served, thread = serve_on_thread(_app)
+    yield port
     served.should_exit = True
-    served.force_exit = True
+    served.force_exit = True  # /hold's answers would keep it 5 s
     thread.join(10)
-    loop.close()
-    sock.close()
 
 
 def _wait_told(expected: list[str], within_s: float = 2.0) -> list[str]:

@@ -9,11 +9,10 @@ import threading
 import time
 
 import pytest
-import uvicorn
-import uvloop
 
-from geopin.proxy.protocol import HttpProtocol
 from geopin.proxy.turnwrite import TurnTransport
+
+from .conftest import serve_on_thread
 
 
 class _Recording:
@@ -176,21 +175,10 @@ async def _app(scope, receive, send):  # noqa: ANN001
 
 @pytest.fixture
 def server():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=HttpProtocol, log_level="critical", access_log=False)
-    served = uvicorn.Server(config)
-    loop = uvloop.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(served.serve([sock]),))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not served.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield sock.getsockname()[1]
+    port, _, served, thread = serve_on_thread(_app)
+    yield port
     served.should_exit = True
     thread.join(10)
-    loop.close()
-    sock.close()
 
 
 def test_answers_over_a_socket_are_whole_and_in_order_on_one_connection(server):
