@@ -29,25 +29,27 @@ def short_watch(monkeypatch):
     monkeypatch.setattr(watch, "WATCH_AFTER_S", 0.05)
 
 
+async def _attempt(heads: HeadWatch, scope: dict, client: _Client, wait_s: float) -> str:
+    """An attempt waiting ``wait_s`` for its answer's head, watched by ``heads``."""
+    guard = heads.start(scope, client.receive)
+    try:
+        await asyncio.sleep(wait_s)  # the upstream's answer
+        return "answered"
+    except asyncio.CancelledError:
+        assert guard.tripped
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        return "client gone"
+    finally:
+        heads.done(guard)
+
+
 def test_only_an_attempt_that_waits_long_is_watched_and_a_disconnect_cancels_it():
     async def scenario() -> None:
         heads = HeadWatch()
         quick, slow = _Client(), _Client()
 
-        async def attempt(client: _Client, wait_s: float) -> str:
-            guard = heads.start({}, client.receive)
-            try:
-                await asyncio.sleep(wait_s)  # the upstream's answer
-                return "answered"
-            except asyncio.CancelledError:
-                assert guard.tripped
-                asyncio.current_task().uncancel()
-                return "client gone"
-            finally:
-                heads.done(guard)
-
-        fast_task = asyncio.create_task(attempt(quick, 0.01))
-        slow_task = asyncio.create_task(attempt(slow, 10))
+        fast_task = asyncio.create_task(_attempt(heads, {}, quick, 0.01))
+        slow_task = asyncio.create_task(_attempt(heads, {}, slow, 10))
         assert await fast_task == "answered"
         await asyncio.sleep(0.12)  # past WATCH_AFTER_S: the slow one is watched now
         assert (quick.calls, slow.calls) == (0, 1)
@@ -96,19 +98,7 @@ def test_under_geopins_protocol_an_attempt_is_cancelled_the_moment_its_client_le
         scope = {CLIENT_GONE: callbacks.append}
         client = _Client()
 
-        async def attempt() -> str:
-            guard = heads.start(scope, client.receive)
-            try:
-                await asyncio.sleep(10)  # the upstream's answer
-                return "answered"
-            except asyncio.CancelledError:
-                assert guard.tripped
-                asyncio.current_task().uncancel()
-                return "client gone"
-            finally:
-                heads.done(guard)
-
-        task = asyncio.create_task(attempt())
+        task = asyncio.create_task(_attempt(heads, scope, client, 10))
         await asyncio.sleep(0)
         assert heads._timer is None and heads._waiting == {} and callable(callbacks[-1])
         callbacks[-1]()  # the connection is lost
