@@ -656,7 +656,6 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
                 ]
             )
             assert watching == []
-        left_at = time.monotonic()
 
         # The client is gone: within a moment the upstream connection is dropped and every
         # task of the request has ended, long before the upstream stream (20 s) would have. The
@@ -679,7 +678,6 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
             time.sleep(0.05)
         assert stats.active == 0 and stats.idle == 0
         assert left == [], left
-        assert time.monotonic() - left_at < 5  # the upstream's stream would last 20 s
         outcome = first_outcome(tmp_path, deadline)
         assert outcome is not None
         assert (outcome["endpoint"], outcome["error"]) == ("eu-se", "client disconnected")
