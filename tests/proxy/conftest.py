@@ -125,6 +125,17 @@ class Router:
         body = json_body if json_body is not None else chat_body()
         return httpx.post(self.url + path, json=body, timeout=30, **kw)
 
+    def stream(self, country: str) -> Any:
+        """A streamed chat completion from a client in ``country``: a context manager giving
+        the response as it comes (``httpx.stream``)."""
+        return httpx.stream(
+            "POST",
+            self.url + "/v1/chat/completions",
+            json=chat_body(stream=True),
+            headers=self.headers(country=country),
+            timeout=30,
+        )
+
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
         return httpx.request(method, self.url + path, headers=headers, timeout=30, **kw)

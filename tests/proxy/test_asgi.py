@@ -215,13 +215,7 @@ def test_streaming_passes_chunks_before_the_stream_ends(mocks, tmp_path):
     try:
         arrivals = []
         started = time.monotonic()
-        with httpx.stream(
-            "POST",
-            router.url + "/v1/chat/completions",
-            json=chat_body(stream=True),
-            headers=router.headers(country="SE"),
-            timeout=30,
-        ) as response:
+        with router.stream("SE") as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["x-geopin-endpoint"] == "eu-se"
@@ -639,13 +633,7 @@ def test_client_disconnect_mid_stream_leaks_no_connection_or_task(tmp_path, mock
     router = start_router(tmp_path, policy)
     try:
         baseline = router.call(asyncio.all_tasks)
-        with httpx.stream(
-            "POST",
-            router.url + "/v1/chat/completions",
-            json=chat_body(stream=True),
-            headers=router.headers(country="SE"),
-            timeout=30,
-        ) as response:
+        with router.stream("SE") as response:
             chunks = response.iter_raw()  # kept: dropping the generator would close the stream
             assert next(chunks).startswith(b"data:")
             assert router.call(lambda: router.app.runtime.client.stats().active) == 1

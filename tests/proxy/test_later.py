@@ -195,13 +195,7 @@ def test_before_a_streamed_call_the_work_waits_for_its_first_event(tmp_path, moc
         ended: list[bytes] = []
 
         def stream() -> None:
-            with httpx.stream(
-                "POST",
-                router.url + "/v1/chat/completions",
-                json=chat_body(stream=True),
-                headers=router.headers(country="SE"),
-                timeout=30,
-            ) as response:
+            with router.stream("SE") as response:
                 chunks = response.iter_raw()
                 head = next(chunks)
                 first_event_at.append(time.monotonic())
