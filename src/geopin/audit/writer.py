@@ -143,6 +143,7 @@ class AuditWriter:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._worker_ended = False  # set by the writer's thread as it ends, however it ends
         self._checkpointer: threading.Thread | None = None
         self._wal_stuck = False  # the last attempt to empty the WAL was kept waiting
         self._stopping = threading.Event()
@@ -177,6 +178,7 @@ class AuditWriter:
         await asyncio.to_thread(self._replay_spool)
         if self._journal_dir is not None:
             await asyncio.to_thread(self._open_journal, self._journal_dir)
+        self._worker_ended = False
         self._thread = threading.Thread(target=self._work, name="geopin-audit", daemon=True)
         self._thread.start()
         if self._sqlite and self.wal_checkpoint_interval_s > 0:
@@ -266,7 +268,7 @@ class AuditWriter:
     def _check_running(self) -> None:
         if not self._running or self._loop is None or self._thread is None:
             raise AuditError("AuditWriter is not running (call start(), not after close())")
-        if not self._thread.is_alive():
+        if self._worker_ended:  # a flag, not Thread.is_alive(): this runs on every record
             raise AuditError("the audit writer's thread has stopped")
 
     def _linger(self, item: _Item) -> None:
@@ -344,6 +346,7 @@ class AuditWriter:
                 except Exception:  # a broken spool, say: log it, keep serving the queue
                     log.exception("audit writer: unexpected failure, continuing")
         finally:
+            self._worker_ended = True
             self._disconnect()
 
     def _work_once(self) -> bool:

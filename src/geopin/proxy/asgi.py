@@ -258,26 +258,27 @@ class ProxyApp:
         span = trace.start_decision()
         deciding = time.perf_counter()
         decision = decide(state.policy, ctx)
-        self._metrics.decision(
-            action=decision.action.value, duration_s=time.perf_counter() - deciding
-        )
+        decided = time.perf_counter()
         span.end()
         decision_id = new_record_id()
         exchange.decision_id = decision_id
-        exchange.action = decision.action.value
-        trace.decided(
-            decision_id=decision_id,
-            action=decision.action.value,
-            country=location.country,
-            subdivision=location.subdivision,
-            location_source=location.source.value,
-            policy_version=decision.policy_version,
-            rules=decision.rule_ids,
-        )
+        action = exchange.action = decision.action.value
+        self._metrics.decision(action=action, duration_s=decided - deciding)
+        if trace is not NO_TRACE:  # its attributes are only built for a recorded span
+            trace.decided(
+                decision_id=decision_id,
+                action=action,
+                country=location.country,
+                subdivision=location.subdivision,
+                location_source=location.source.value,
+                policy_version=decision.policy_version,
+                rules=decision.rule_ids,
+            )
         trace_id = exchange.trace_id = trace.trace_id or client_trace_id(headers)
         runtime = self.runtime
         attempts: tuple[Endpoint, ...] = ()
-        if decision.routed:
+        routed = decision.routed
+        if routed:
             attempts = self._attempts(decision, call, tenant, client.ip, pin)
         span = trace.start_audit()
         try:
@@ -301,7 +302,7 @@ class ProxyApp:
         span.end()
         if runtime.audit_failed_at is not None:
             runtime.audit_failed_at = None
-        if not decision.routed:
+        if not routed:
             return refusal.denied(decision, decision_id, self._rules_base)
         if pin is not None and not attempts:
             return self._pin_refused(state, call, decision, decision_id, pin, exchange, started)

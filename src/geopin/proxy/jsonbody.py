@@ -22,7 +22,9 @@ from typing import Any
 
 MODEL = "model"
 _SEARCHED = 2048  # bytes: up to this size a body is searched before it is parsed
-_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner
+_DECODER = json.JSONDecoder()
+_DECODE = _DECODER.decode  # what json.loads uses, called without its checks
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner
 
 
 class DuplicateKey(ValueError):
@@ -36,15 +38,18 @@ class DuplicateKey(ValueError):
 def parse_json(raw: bytes) -> Any:
     """``json.loads(raw)``, except that a top-level object naming ``model`` twice raises
     :class:`DuplicateKey`. Invalid JSON raises ``json.JSONDecodeError`` as ``json.loads`` does."""
-    encoding = json.detect_encoding(raw)
+    # An object's "{" and a non-zero byte after it: UTF-8 to json.detect_encoding (no byte
+    # order mark starts so, and UTF-16 or -32 would put a zero next), told without the call.
+    utf8 = raw[:1] == b"{" and raw[1:2] != b"\x00"
+    encoding = "utf-8" if utf8 else json.detect_encoding(raw)
+    text = raw.decode(encoding, "surrogatepass")  # as json.loads decodes bytes
     if (
         len(raw) <= _SEARCHED
         and encoding.startswith("utf-8")
         and raw.count(b'"model"') < 2
         and b"\\u" not in raw
     ):
-        return json.loads(raw)  # no second key can spell "model"
-    text = raw.decode(encoding, "surrogatepass")
+        return _DECODE(text)  # json.loads(raw): no second key can spell "model"
     start = WHITESPACE.match(text, 0).end()
     if not text.startswith("{", start):
         return json.loads(text)  # not an object: nothing is named at its top
