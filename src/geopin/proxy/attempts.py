@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from geopin.errors import UpstreamError
@@ -32,8 +34,9 @@ from geopin.proxy.state import Runtime, RuntimeState
 from geopin.proxy.upstream import API_OF_KIND, ClientCall, build_request, forwardable_headers
 from geopin.proxy.usage import UsageTap
 from geopin.proxy.watch import StreamWatch
+from geopin.routing.health import HealthBoard
 from geopin.telemetry.metrics import Metrics
-from geopin.telemetry.tracing import provider_name, replace_trace_headers
+from geopin.telemetry.tracing import AttemptSpan, RequestTrace, provider_name, replace_trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +135,8 @@ async def forward(
         finally:
             runtime.head_watch.done(guard)
         elapsed = time.perf_counter() - sent
-        metrics.upstream(endpoint=endpoint.id, status=response.status, duration_s=elapsed)
         if response.status >= 500:
+            metrics.upstream(endpoint=endpoint.id, status=response.status, duration_s=elapsed)
             response.close()
             attempt.end(status=response.status)
             metrics.upstream_error(endpoint=endpoint.id, kind="status")
@@ -141,21 +144,18 @@ async def forward(
             failure = f"endpoint {endpoint.id} answered HTTP {response.status}"
             left = endpoint.id
             continue
-        attempt.end(status=response.status)
-        board.observe_success(endpoint.id, elapsed, time.monotonic())
         exchange.status = response.status
         exchange.endpoint = endpoint.id
         exchange.processing_country = endpoint.country
         exchange.failovers = len(tried) - 1
-        trace.routed(
-            endpoint=endpoint.id,
-            processing_country=endpoint.country,
-            failovers=len(tried) - 1,
-            provider=provider,
-        )
+        answered = partial(
+            _answered, metrics=metrics, board=board, trace=trace, attempt=attempt,
+            endpoint=endpoint, status=response.status, elapsed=elapsed,
+            failovers=len(tried) - 1, provider=provider,
+        )  # fmt: skip
         tap, error = await _relay(
             response, endpoint, decision_id, scope, receive, send, metrics, started,
-            runtime.later,
+            runtime.later, answered,
         )  # fmt: skip
         exchange.bytes_out = tap.bytes_out
         stored = isinstance(call.body, dict) and call.body.get("store") is True
@@ -188,6 +188,31 @@ async def forward(
         bytes_out=None, usage=None, error=failure,
     )  # fmt: skip
     return error_response
+
+
+def _answered(
+    *,
+    metrics: Metrics,
+    board: HealthBoard,
+    trace: RequestTrace,
+    attempt: AttemptSpan,
+    endpoint: Endpoint,
+    status: int,
+    elapsed: float,
+    failovers: int,
+    provider: str,
+) -> None:
+    """An endpoint answered below 500: its attempt's metric and span, its health, the route
+    on the request's span. Done once the answer's first bytes have gone to the client."""
+    metrics.upstream(endpoint=endpoint.id, status=status, duration_s=elapsed)
+    attempt.end(status=status)
+    board.observe_success(endpoint.id, elapsed, time.monotonic())
+    trace.routed(
+        endpoint=endpoint.id,
+        processing_country=endpoint.country,
+        failovers=failovers,
+        provider=provider,
+    )
 
 
 def _after_answer(
@@ -241,9 +266,12 @@ async def _relay(
     metrics: Metrics,
     started: float,
     later: Later,
+    answered: Callable[[], None],
 ) -> tuple[UsageTap, str | None]:
-    """Send the response head and stream the body through, chunk by chunk. Once a stream's
-    first bytes have gone, ``later``'s queue runs (the wait for the next event is idle)."""
+    """Send the response head and stream the body through, chunk by chunk. Once the first
+    bytes have gone, ``answered()`` is called (the attempt's bookkeeping: the client does not
+    wait for it), and once a stream's have, ``later``'s queue runs (the wait for the next event
+    is idle)."""
     named: set[bytes] = set()
     content_type = b""
     length: int | None = None
@@ -261,6 +289,7 @@ async def _relay(
     tap = UsageTap(content_type, length)
     stream = length is None  # an open-ended body
     watch: StreamWatch | None = None
+    told = False  # answered() called
     try:
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         first = stream  # a stream: its first byte's time is measured
@@ -273,6 +302,9 @@ async def _relay(
             if chunk is None:
                 break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not told:
+                told = True
+                answered()
             if first:
                 first = False
                 metrics.time_to_first_byte(
@@ -293,6 +325,8 @@ async def _relay(
         response.close()
         if watch is not None:
             watch.stop()
+        if not told:  # no body, or the answer broke off before its first bytes went
+            answered()
 
 
 def _error_kind(exc: UpstreamError) -> str:
