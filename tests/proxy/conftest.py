@@ -26,6 +26,7 @@ from geopin.audit.migrate import upgrade
 from geopin.audit.schema import records
 from geopin.keys import KeyStore
 from geopin.mock.server import RunningServer, serve_in_thread
+from geopin.proxy.forward import UpstreamClient
 from geopin.proxy.protocol import HttpProtocol
 from geopin.settings import Settings
 from geopin.telemetry import Telemetry
@@ -277,3 +278,28 @@ def last_request(mock: RunningServer) -> dict[str, Any] | None:
 
 def requests_seen(mock: RunningServer) -> int:
     return httpx.get(mock.url + "/_mock/last-request", timeout=10).json()["requests"]
+
+
+# -- raw upstreams: small asyncio servers that answer exactly the bytes a test gives --------
+
+
+async def raw_server(handler: Callable[..., Any]) -> tuple[asyncio.Server, int]:
+    """A server on a free port running ``handler(reader, writer)`` per connection, which then
+    waits for the client to close its end. Returns the server and its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+            await reader.read()  # until the client closes its end
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def stop_raw(server: asyncio.Server, client: UpstreamClient) -> None:
+    await client.aclose()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.01)  # the handlers see the clients' ends close

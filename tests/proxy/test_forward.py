@@ -14,24 +14,7 @@ from geopin.proxy.forward import (
     UpstreamTimeout,
 )
 
-
-async def _server(handler):
-    async def handle(reader, writer):
-        try:
-            await handler(reader, writer)
-            await reader.read()  # until the client closes its end
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
-async def _stop(server, client: UpstreamClient) -> None:
-    await client.aclose()
-    server.close()
-    await server.wait_closed()
-    await asyncio.sleep(0.01)  # the handlers see the clients' ends close
+from .conftest import raw_server, stop_raw
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
@@ -65,7 +48,7 @@ def test_keep_alive_connections_are_reused_and_bodies_framed_three_ways():
         writer.write_eof()
 
     async def main():
-        server, port = await _server(handler)
+        server, port = await raw_server(handler)
         client = UpstreamClient()
         bodies = []
         for _ in range(3):
@@ -74,7 +57,7 @@ def test_keep_alive_connections_are_reused_and_bodies_framed_three_ways():
         assert bodies == [b"hello", b"abcde", b"until close"]
         assert len(connections) == 1  # one connection carried all three
         assert client.stats().active == 0
-        await _stop(server, client)
+        await stop_raw(server, client)
 
     asyncio.run(main())
 
@@ -90,7 +73,7 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one():
         writer.write_eof()  # closes without saying so: the pooled connection goes stale
 
     async def main():
-        server, port = await _server(handler)
+        server, port = await raw_server(handler)
         client = UpstreamClient()
         first = await client.send(_request(port))
         assert await first.read() == b"ok"
@@ -98,7 +81,7 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one():
         second = await client.send(_request(port))
         assert await second.read() == b"ok"
         assert len(served) == 2
-        await _stop(server, client)
+        await stop_raw(server, client)
 
     asyncio.run(main())
 
@@ -108,7 +91,7 @@ def test_timeouts_and_refused_connections_are_geopin_errors():
         pass  # reads the request, never answers
 
     async def main():
-        server, port = await _server(silent)
+        server, port = await raw_server(silent)
         client = UpstreamClient(read_timeout=0.2)
         with pytest.raises(UpstreamTimeout):
             await client.send(_request(port))
@@ -129,12 +112,12 @@ def test_an_abandoned_response_drops_its_connection():
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
 
     async def main():
-        server, port = await _server(handler)
+        server, port = await raw_server(handler)
         client = UpstreamClient()
         response = await client.send(_request(port))
         assert await response.chunk() == b"abc"
         response.close()  # not read to its end: never back in the pool
         assert client.stats().idle == 0 and client.stats().active == 0
-        await _stop(server, client)
+        await stop_raw(server, client)
 
     asyncio.run(main())
