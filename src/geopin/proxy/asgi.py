@@ -81,6 +81,7 @@ class ProxyApp:
         self._retry_after = settings.upstream.retry_after_s
         self._rules_base = settings.public_url or ""
         self._tracing = runtime.telemetry.tracing
+        self._traced = self._tracing.enabled  # its tracer is set once, at start
         self._metrics = runtime.telemetry.metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -95,7 +96,7 @@ class ProxyApp:
             self._tracing.start_request(
                 method=method, path=path, headers=scope["headers"], route=route
             )
-            if self._tracing.enabled
+            if self._traced
             else NO_TRACE
         )
         exchange = Exchange(trace)

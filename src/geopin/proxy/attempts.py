@@ -275,14 +275,18 @@ async def _relay(
     named: set[bytes] = set()
     content_type = b""
     length: int | None = None
+    headers = []
     for name, value in response.headers:
-        if name == b"connection":
-            named.update(t.strip().lower() for t in value.split(b","))
-        elif name == b"content-type":
+        if name == b"content-type":
             content_type = value.lower()
         elif name == b"content-length" and value.isdigit():
             length = int(value)
-    headers = [(n, v) for n, v in response.headers if n not in _RESPONSE_DROPPED and n not in named]
+        elif name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+        if name not in _RESPONSE_DROPPED:
+            headers.append((name, value))
+    if named:  # what the upstream's Connection header names goes no further either
+        headers = [(n, v) for n, v in headers if n not in named]
     headers.append((DECISION_HEADER, decision_id.encode()))
     headers.append((ENDPOINT_HEADER, endpoint.id.encode()))
     headers.append((COUNTRY_HEADER, endpoint.country.encode()))
