@@ -417,6 +417,42 @@ def table(figures: dict, targets: list[Target], concurrencies: list[int]) -> str
     return "\n".join(lines)
 
 
+def paired(raw: dict, targets: list[Target], concurrencies: list[int]) -> str | None:
+    """geopin against each other geopin (a baseline checkout, a variant) repetition by
+    repetition: both ran in the same repetition, a moment apart, so the difference of each
+    pair leaves out most of what the machine's hour adds to both. None without such a pair."""
+    others = [t.name for t in targets if t.audit_db is not None and t.name != "geopin"]
+    if not others or not any(t.name == "geopin" for t in targets):
+        return None
+    lines = [
+        "| geopin against | c | answer | geopin minus it, median of the repetitions' "
+        "differences | geopin faster in |",
+        "|---|---|---|---|---|",
+    ]
+    for concurrency in concurrencies:
+        for other in others:
+            for mode, key, label in (
+                ("json", "p50_ms", "JSON p50"),
+                ("stream", "ttfb_p50_ms", "stream first event p50"),
+            ):
+                ours = raw.get(f"geopin|{mode}|{concurrency}", [])
+                theirs = raw.get(f"{other}|{mode}|{concurrency}", [])
+                pairs = [
+                    (a[key], b[key])
+                    for a, b in zip(ours, theirs, strict=False)
+                    if a.get(key) is not None and b.get(key) is not None
+                ]
+                if not pairs:
+                    continue
+                differences = [(a - b) * 1000 for a, b in pairs]
+                faster = sum(d < 0 for d in differences)
+                lines.append(
+                    f"| {other} | {concurrency} | {label} | "
+                    f"{statistics.median(differences):+.0f} µs | {faster} of {len(pairs)} |"
+                )
+    return "\n".join(lines)
+
+
 # ---- the run ---------------------------------------------------------------------------
 
 
@@ -749,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
                         )
         figures = aggregate(raw)
         report = table(figures, targets, args.concurrency)
+        pairs = paired(raw, targets, args.concurrency)
+        if pairs is not None:
+            report += "\n\nRepetition by repetition (the same cell, a moment apart):\n\n" + pairs
         note = (
             f"\nMedians of {args.reps} repetitions of {args.duration:g} s (or {args.requests} "
             f"requests) per cell; mock and load generator on core {cores[0]}, targets on core "
