@@ -16,6 +16,7 @@ timer for them all.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from geopin.proxy.protocol import CLIENT_GONE
@@ -43,14 +44,7 @@ class HeadGuard:
             self._task.cancel()
 
     def watch(self) -> None:
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._wait_for_disconnect(), name="geopin-disconnect-watch"
-        )
-
-    async def _wait_for_disconnect(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._trip()
+        self._watcher = watch_receive(self._receive, self._trip)
 
     def stop(self) -> None:
         if self._hook is not None:
@@ -117,21 +111,26 @@ class StreamWatch:
         if self._hook is not None:
             self._hook(self._left)
         else:
-            self._task = asyncio.get_running_loop().create_task(
-                self._wait(receive), name="geopin-disconnect-watch"
-            )
+            self._task = watch_receive(receive, self._left)
 
     def _left(self) -> None:
         self.gone = True
         self._response.abort()
-
-    async def _wait(self, receive: Any) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self._left()
 
     def stop(self) -> None:
         if self._hook is not None:
             self._hook(None)
         if self._task is not None:
             self._task.cancel()
+
+
+def watch_receive(receive: Any, then: Callable[[], None]) -> asyncio.Task:
+    """Where the connection cannot say when its client leaves: a task reading ``receive()``
+    until ``http.disconnect``, then calling ``then()``. Cancel it to stop watching."""
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        then()
+
+    return asyncio.get_running_loop().create_task(wait(), name="geopin-disconnect-watch")
