@@ -546,6 +546,7 @@ def test_an_escaped_line_break_or_dot_segment_in_the_path_never_reaches_an_upstr
         b"/v1/../v1/chat/completions",
         b"/v1/%2e%2e/admin",
         b"/v1/chat%2F..%2Fcompletions",
+        b"/v1//chat/completions",  # an empty segment, merged away by many servers
         b"/v1/chat/completions?x=%0d%0aX-Evil:%201",
     ):
         head = (
@@ -558,6 +559,14 @@ def test_an_escaped_line_break_or_dot_segment_in_the_path_never_reaches_an_upstr
         assert b'"code":"invalid_request_target"' in answer.replace(b" ", b""), answer
         assert b"\r\nx-evil" not in answer.lower()
     assert requests_seen(mock) == before  # nothing was forwarded
+    # The refusal says what is wrong and where: a base URL ending in "/", say.
+    head = (
+        b"POST /v1//chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"CF-IPCountry: SE\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (router.keys["t1"].encode(), len(body))
+    )
+    answer = _raw_request(router.url, head + body)
+    assert b"the request's path has an empty segment ('//') at offset 3" in answer, answer
     # An escaped unreserved character is the same path, to geopin and to the upstream.
     head = (
         b"POST /v1/chat/%%63ompletions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"

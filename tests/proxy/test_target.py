@@ -8,11 +8,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopin.proxy.target import request_path, request_query, shown_path
+from geopin.proxy.target import (
+    BadTarget,
+    request_path,
+    request_query,
+    request_target,
+    shown_path,
+)
 
 
 def _path(raw: bytes, decoded: str | None = None) -> str | None:
-    return request_path({"raw_path": raw, "path": decoded if decoded is not None else ""})
+    """The path as forwarded; None when it is refused."""
+    try:
+        return request_path({"raw_path": raw, "path": decoded if decoded is not None else ""})
+    except BadTarget:
+        return None
+
+
+def _query(raw: bytes) -> str | None:
+    try:
+        return request_query({"query_string": raw})
+    except BadTarget:
+        return None
 
 
 @pytest.mark.parametrize(
@@ -45,6 +62,9 @@ def test_a_path_is_forwarded_in_normal_form(raw, expected):
         b"/v1/chat/..",
         b"/v1/%2e%2e/admin",
         b"/v1/%2E/chat",
+        b"/v1//models",  # empty segments: merged into one "/" by many servers
+        b"/v1/chat//completions",
+        b"//v1/chat/completions",
         b"/v1/chat%2f..%2fadmin",  # an escaped separator
         b"/v1/chat%5c..%5cadmin",
         b"/v1/chat%2",  # malformed escapes
@@ -67,8 +87,10 @@ def test_a_path_that_could_change_what_the_upstream_sees_is_refused(raw):
 def test_without_raw_path_the_decoded_path_is_escaped_again_and_checked():
     assert request_path({"path": "/v1/chat/completions"}) == "/v1/chat/completions"
     assert request_path({"path": "/v1/x y"}) == "/v1/x%20y"
-    assert request_path({"path": "/v1/chat\r\nX-Evil: 1"}) is None
-    assert request_path({"path": "/v1/../admin"}) is None
+    with pytest.raises(BadTarget):
+        request_path({"path": "/v1/chat\r\nX-Evil: 1"})
+    with pytest.raises(BadTarget):
+        request_path({"path": "/v1/../admin"})
 
 
 @pytest.mark.parametrize(
@@ -86,7 +108,36 @@ def test_without_raw_path_the_decoded_path_is_escaped_again_and_checked():
     ],
 )
 def test_a_query_is_checked_and_normalised(raw, expected):
-    assert request_query({"query_string": raw}) == expected
+    assert _query(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query", "message"),
+    [
+        (b"/v1/chat completions", b"", "path has a space at offset 8, which RFC 3986"),
+        (b"/v1/caf\xc3\xa9", b"", "path has the byte 0xC3 at offset 7,"),
+        (b'/v1/"x"', b"", "path has '\"' at offset 4,"),
+        (b"/v1/chat%zz", b"", "path has a malformed escape '%zz' at offset 8"),
+        (b"/v1/m%65s%2", b"", "path has a malformed escape '%2' at offset 9"),
+        (b"/v1/a%0d%0ab", b"", "path has an escaped control character '%0D' at offset 5"),
+        (b"/v1/%65%2f..", b"", "path has an escaped separator '%2F' at offset 7"),
+        (b"v1/models", b"", "path does not begin with '/'"),
+        (b"/v1//chat/completions", b"", "path has an empty segment ('//') at offset 3;"),
+        (b"/v1/%2e%2e/admin", b"", "path has a '..' segment"),
+        (b"/v1/m", b"a=%0a", "query string has an escaped control character '%0A' at offset 2"),
+        (b"/v1/models", b"a=#", "query string has '#' at offset 2,"),
+    ],
+)
+def test_a_refused_target_says_what_is_wrong_and_where(raw_path, query, message):
+    with pytest.raises(BadTarget) as refused:
+        request_target({"raw_path": raw_path, "path": "", "query_string": query})
+    assert str(refused.value).startswith("the request's " + message), str(refused.value)
+
+
+def test_a_target_is_its_path_and_query_in_normal_form():
+    scope = {"raw_path": b"/v1/m%65ssages", "path": "", "query_string": b"x=%61"}
+    assert request_target(scope) == ("/v1/messages", "x=a")
+    assert request_target({"raw_path": b"/v1/models", "path": ""}) == ("/v1/models", "")
 
 
 def test_a_refused_path_is_shown_escaped():
@@ -115,5 +166,6 @@ def test_whatever_a_client_sends_what_is_forwarded_is_one_clean_path(raw):
     assert not any(ch < " " or ch == "\x7f" for ch in decoded)  # no control byte, escaped or not
     assert decoded.count("/") == path.count("/")  # no escaped separator
     assert not {".", ".."} & set(path.split("/"))
+    assert "//" not in path  # no empty segment
     assert unquote(path) == unquote(raw.decode("ascii"))  # the same path, only normalised
     assert _path(path.encode()) == path  # normal form is a fixed point

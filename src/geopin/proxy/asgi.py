@@ -55,7 +55,7 @@ from geopin.proxy.request import (
     route_template,
 )
 from geopin.proxy.state import Runtime, RuntimeState
-from geopin.proxy.target import request_path, request_query, shown_path
+from geopin.proxy.target import BadTarget, request_target, shown_path
 from geopin.proxy.upstream import API_OF_KIND, ClientCall
 from geopin.routing.select import home
 from geopin.telemetry.accesslog import access_log, access_log_enabled, client_prefix
@@ -87,8 +87,14 @@ class ProxyApp:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         runtime = self.runtime
-        target = request_path(scope)
-        query = request_query(scope)
+        target: str | None
+        query: str | None
+        try:
+            target, query = request_target(scope)
+            refused = None
+        except BadTarget as exc:
+            target = query = None
+            refused = exc
         path = target if target is not None else shown_path(scope)
         method: str = scope["method"]
         route = route_template(target) if target is not None else None
@@ -105,7 +111,7 @@ class ProxyApp:
             if runtime.draining:
                 error: ErrorResponse | None = refusal.shutting_down(self._retry_after)
             elif target is None or query is None:
-                error = refusal.invalid_target("path" if target is None else "query string")
+                error = refusal.invalid_target(str(refused))
             else:
                 state = runtime.holder.current  # this request's snapshot, to its end
                 error = await self._serve(

@@ -212,10 +212,10 @@ def bad_request(message: str, code: str, param: str | None = None) -> ErrorRespo
     return error_response(400, message, "invalid_request_error", code, param=param)
 
 
-def invalid_target(part: str) -> ErrorResponse:
+def invalid_target(problem: str) -> ErrorResponse:
+    """``problem``: what is wrong with the target and where (``target.BadTarget``'s message)."""
     return bad_request(
-        f"the request's {part} holds characters, escapes or dot segments geopin does not "
-        "forward (see RFC 3986)",
+        f"{problem}; geopin does not forward such a target (see RFC 3986)",
         "invalid_request_target",
     )
 

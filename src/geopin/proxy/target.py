@@ -7,9 +7,9 @@ it was sent (``raw_path``), decodes only what RFC 3986 section 6.2.2.2 says is s
 (the unreserved characters, so ``/v1/m%65ssages`` is ``/v1/messages`` both to geopin and to
 the upstream), and refuses the rest of the tricks outright: a byte outside RFC 3986's path or
 query characters, a malformed escape, an escaped control character, an escaped ``/`` or
-``\\`` in the path, and ``.`` or ``..`` segments. No model API needs any of them, and each is
-a way to make the upstream see another path (or another request) than the one geopin
-decided on.
+``\\`` in the path, ``.`` or ``..`` segments, and empty ones (``//``, which many servers merge
+into one ``/``). No model API needs any of them, and each is a way to make the upstream see
+another path (or another request) than the one geopin decided on.
 """
 
 from __future__ import annotations
@@ -26,23 +26,43 @@ _NEVER_ESCAPED_IN_PATH = frozenset(b"/\\")  # an escaped separator changes the t
 _SAFE_FOR_QUOTE = "/!$&'()*+,;=:@"
 
 
-def request_path(scope: dict) -> str | None:
-    """The request's path in normal form, or None when geopin must not forward it."""
+class BadTarget(ValueError):
+    """A request target geopin does not forward; the message says what is wrong and where."""
+
+
+def request_target(scope: dict) -> tuple[str, str]:
+    """The request's path and query string ('' for none), each in normal form.
+
+    Raises :class:`BadTarget` (the first problem found, with its offset in the target as
+    sent) for a target geopin must not forward.
+    """
+    return request_path(scope), request_query(scope)
+
+
+def request_path(scope: dict) -> str:
+    """The request's path in normal form; raises :class:`BadTarget`."""
     raw = scope.get("raw_path")
     if raw is None:  # raw_path is optional in ASGI; re-encode what the server decoded
         raw = quote(scope["path"], safe=_SAFE_FOR_QUOTE).encode("ascii")
-    path = _normalise(raw, _PATH_CHARS, _NEVER_ESCAPED_IN_PATH)
-    if path is None or not path.startswith("/"):
-        return None
-    if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
-        return None
+    path = _normalise(raw, _PATH_CHARS, _NEVER_ESCAPED_IN_PATH, "path")
+    if not path.startswith("/"):
+        raise BadTarget("the request's path does not begin with '/'")
+    if "//" in path:
+        raise BadTarget(
+            f"the request's path has an empty segment ('//') at offset {raw.index(b'//')}; "
+            "is the client's base URL right?"
+        )
+    if "/." in path:
+        for segment in path.split("/"):
+            if segment in (".", ".."):
+                raise BadTarget(f"the request's path has a {segment!r} segment")
     return path
 
 
-def request_query(scope: dict) -> str | None:
-    """The request's query string in normal form ('' for none), or None when it is refused."""
+def request_query(scope: dict) -> str:
+    """The request's query string in normal form ('' for none); raises :class:`BadTarget`."""
     raw = scope.get("query_string", b"")
-    return _normalise(raw, _QUERY_CHARS, frozenset()) if raw else ""
+    return _normalise(raw, _QUERY_CHARS, frozenset(), "query string") if raw else ""
 
 
 def shown_path(scope: dict) -> str:
@@ -53,22 +73,42 @@ def shown_path(scope: dict) -> str:
     return raw.decode("ascii", "backslashreplace")
 
 
-def _normalise(raw: bytes, allowed: bytes, never_escaped: frozenset[int]) -> str | None:
-    if raw.translate(None, allowed):  # what is left is a byte outside the allowed set
-        return None
+def _normalise(raw: bytes, allowed: bytes, never_escaped: frozenset[int], part: str) -> str:
+    left = raw.translate(None, allowed)
+    if left:  # a byte outside the allowed set
+        at = raw.index(left[:1])
+        raise BadTarget(
+            f"the request's {part} has {_shown(left[0])} at offset {at}, which RFC 3986 does "
+            f"not allow in a {part}"
+        )
     if b"%" not in raw:
         return raw.decode("ascii")
     first, *escaped = raw.split(b"%")
     out = [first.decode("ascii")]
-    for part in escaped:
-        if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
-            return None
-        byte = int(part[:2], 16)
+    at = len(first)  # the offset of the escape at hand
+    for chunk in escaped:
+        escape = "%" + chunk[:2].decode("ascii")
+        if len(chunk) < 2 or chunk[0] not in _HEX or chunk[1] not in _HEX:
+            raise BadTarget(
+                f"the request's {part} has a malformed escape {escape!r} at offset {at}"
+            )
+        byte = int(chunk[:2], 16)
         if byte < 0x20 or byte == 0x7F or byte in never_escaped:
-            return None
+            kind = "separator" if byte in never_escaped else "control character"
+            raise BadTarget(
+                f"the request's {part} has an escaped {kind} {escape.upper()!r} at offset {at}"
+            )
         if byte in _UNRESERVED_SET:
             out.append(chr(byte))
         else:
-            out.append("%" + part[:2].decode("ascii").upper())
-        out.append(part[2:].decode("ascii"))
+            out.append("%" + chunk[:2].decode("ascii").upper())
+        out.append(chunk[2:].decode("ascii"))
+        at += 1 + len(chunk)
     return "".join(out)
+
+
+def _shown(byte: int) -> str:
+    """A byte of a refused target, as a message shows it."""
+    if 0x20 < byte < 0x7F:
+        return repr(chr(byte))
+    return "a space" if byte == 0x20 else f"the byte 0x{byte:02X}"
