@@ -768,10 +768,13 @@ def main(argv: list[str] | None = None) -> int:
                     duration=args.warmup,
                 )
         raw: dict[str, list[dict]] = {}
-        # Interleave targets within each repetition so drift on a shared machine hits all alike.
+        # Interleave targets within each repetition so drift on a shared machine hits all alike,
+        # in an order turned one step each repetition: none always goes first, or after another.
         for rep in range(args.reps):
+            turn = rep % len(targets)
+            order = targets[turn:] + targets[:turn]
             for concurrency in args.concurrency:
-                for target in targets:
+                for target in order:
                     for mode in ("json", "stream"):
                         catching_up = wait_sequenced(targets)
                         summary = measure(target, mode == "stream", concurrency, args, mock.pid)
