@@ -122,7 +122,7 @@ def test_a_query_is_checked_and_normalised(raw, expected):
         (b"/v1/a%0d%0ab", b"", "path has an escaped control character '%0D' at offset 5"),
         (b"/v1/%65%2f..", b"", "path has an escaped separator '%2F' at offset 7"),
         (b"v1/models", b"", "path does not begin with '/'"),
-        (b"/v1//chat/completions", b"", "path has an empty segment ('//') at offset 3;"),
+        (b"/v1//chat/completions", b"", "path has an empty segment ('//') at offset 3 ("),
         (b"/v1/%2e%2e/admin", b"", "path has a '..' segment"),
         (b"/v1/m", b"a=%0a", "query string has an escaped control character '%0A' at offset 2"),
         (b"/v1/models", b"a=#", "query string has '#' at offset 2,"),

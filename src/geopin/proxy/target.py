@@ -49,8 +49,8 @@ def request_path(scope: dict) -> str:
         raise BadTarget("the request's path does not begin with '/'")
     if "//" in path:
         raise BadTarget(
-            f"the request's path has an empty segment ('//') at offset {raw.index(b'//')}; "
-            "is the client's base URL right?"
+            f"the request's path has an empty segment ('//') at offset {raw.index(b'//')} "
+            "(does the client's base URL end in '/'?)"
         )
     if "/." in path:
         for segment in path.split("/"):
