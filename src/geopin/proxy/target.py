@@ -101,7 +101,7 @@ def _normalise(raw: bytes, allowed: bytes, never_escaped: frozenset[int], part: 
         if byte in _UNRESERVED_SET:
             out.append(chr(byte))
         else:
-            out.append("%" + chunk[:2].decode("ascii").upper())
+            out.append(escape.upper())
         out.append(chunk[2:].decode("ascii"))
         at += 1 + len(chunk)
     return "".join(out)
