@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from geopin.proxy.target import (
@@ -169,3 +169,23 @@ def test_whatever_a_client_sends_what_is_forwarded_is_one_clean_path(raw):
     assert "//" not in path  # no empty segment
     assert unquote(path) == unquote(raw.decode("ascii"))  # the same path, only normalised
     assert _path(path.encode()) == path  # normal form is a fixed point
+
+
+@given(st.one_of(_ANY_PATH, _TRICKY))
+@example(b"/v1//")
+@example(b"/v1/a%2")
+def test_a_refusal_points_at_what_the_client_sent(raw):
+    """Where a refusal names an offset, the problem it names begins there in the path as sent."""
+    try:
+        request_path({"raw_path": raw, "path": ""})
+    except BadTarget as refused:
+        message = str(refused)
+        assert message.startswith("the request's path ")
+        if " at offset " in message:
+            at = int(message.split(" at offset ")[1].split()[0].rstrip(","))
+            if "escape" in message:
+                assert raw[at : at + 1] == b"%"
+            elif "empty segment" in message:
+                assert raw[at : at + 2] == b"//"
+            else:  # a byte RFC 3986 does not allow
+                assert not raw[at : at + 1].isalnum() and raw[at] not in b"/%"
